@@ -1,0 +1,78 @@
+"""Allocator interface: scores of many targets + one budget -> kept units per target.
+
+Every allocator honours a per-target floor (``min_keep_fraction`` of the units, and at
+least ``min_keep_units``; prevents layer collapse), targets whose layout fixes the kept
+count (N:M), and an optional ``round_to`` (kept counts that are multiples of it). A budget
+the floors cannot meet raises ``ValueError`` before any mask changes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Sequence
+
+import torch
+
+from ..targets import Target
+from .budget import Budget, unit_cost
+
+
+class Allocator:
+    """Base class: subclasses implement :meth:`distribute`."""
+
+    def __init__(self, min_keep_fraction: float = 0.0, min_keep_units: int = 1, round_to: int = 1) -> None:
+        if not 0.0 <= min_keep_fraction <= 1.0:
+            raise ValueError(f"min_keep_fraction must be in [0, 1], got {min_keep_fraction!r}")
+        if not (isinstance(min_keep_units, int) and min_keep_units >= 0):
+            raise ValueError(f"min_keep_units must be an int >= 0, got {min_keep_units!r}")
+        if not (isinstance(round_to, int) and round_to >= 1):
+            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+        self.min_keep_fraction = min_keep_fraction
+        self.min_keep_units = min_keep_units
+        self.round_to = round_to
+
+    # -- the public entry point -------------------------------------------------------
+    def allocate(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], budget: Budget) -> Dict[str, int]:
+        """Kept units per target name."""
+        fixed = {t.name: t.layout.fixed_keep(t.shape) for t in targets if t.layout.fixed_keep(t.shape) is not None}
+        free = [t for t in targets if t.name not in fixed]
+        total = sum(unit_cost(t, budget.measure) * t.num_units for t in targets)
+        keep_cost = budget.keep_cost(total)
+        keep_cost -= sum(unit_cost(t, budget.measure) * fixed[t.name] for t in targets if t.name in fixed)
+        floors = {t.name: self.floor(t) for t in free}
+        floor_cost = sum(unit_cost(t, budget.measure) * floors[t.name] for t in free)
+        if floor_cost > keep_cost + 1e-6 * max(1.0, keep_cost):
+            raise ValueError(
+                f"infeasible budget: the per-target floors keep {floor_cost:.6g} {budget.measure} but the "
+                f"budget allows {max(keep_cost, 0):.6g}; lower min_keep_fraction/min_keep_units or the sparsity"
+            )
+        keep = self.distribute(free, scores, keep_cost, budget.measure, floors) if free else {}
+        keep = {t.name: self._round(keep[t.name], floors[t.name], t.num_units) for t in free}
+        keep.update(fixed)
+        return keep
+
+    def floor(self, target: Target) -> int:
+        n = target.num_units
+        return min(n, max(self.min_keep_units, math.ceil(self.min_keep_fraction * n - 1e-9)))
+
+    def _round(self, k: int, floor: int, n: int) -> int:
+        k = max(int(k), floor)
+        if self.round_to > 1 and n >= self.round_to:
+            k = max(self.round_to, int(math.floor(k / self.round_to + 0.5)) * self.round_to)
+        return min(k, n)
+
+    # -- what subclasses implement ----------------------------------------------------
+    def distribute(
+        self,
+        targets: Sequence[Target],
+        scores: Mapping[str, torch.Tensor],
+        keep_cost: float,
+        measure: str,
+        floors: Mapping[str, int],
+    ) -> Dict[str, int]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(min_keep_fraction={self.min_keep_fraction}, "
+            f"min_keep_units={self.min_keep_units}, round_to={self.round_to})"
+        )

@@ -1,0 +1,332 @@
+"""SparsityController: targets + criterion + allocator + schedule + enforcement.
+
+Usable from any training loop (no Lightning import)::
+
+    ctrl = SparsityController(discover_targets(model), schedule=Cubic(end_step=1000, final_sparsity=0.9),
+                              model=model, optimizers=[opt])
+    for step, (x, y) in enumerate(loader, start=1):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward()
+        ctrl.before_optimizer_step(opt)     # criterion statistics; mask gradients
+        opt.step()
+        ctrl.after_optimizer_step(step)     # re-apply masks; recompute them when due
+
+At an update step the controller scores every target, checks the scores are finite,
+averages them over ranks, lets the allocator split the schedule's budget into kept counts,
+selects the best units per target, takes rank 0's masks, and hands them to the
+enforcement. Everything it knows is in :meth:`state_dict` (plain tensors and numbers).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .allocators.base import Allocator
+from .allocators.budget import MEASURES, Budget
+from .criteria.base import Criterion, ScoreContext
+from .enforcement.base import Enforcement
+from .masks import MaskSet
+from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS
+from .schedules.base import Schedule
+from .schedules.constant import Constant
+from .sync import LocalSync
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+
+def _build(registry, spec, base: type, what: str):
+    obj = registry.build(spec)
+    if isinstance(obj, type):
+        obj = obj()
+    if not isinstance(obj, base):
+        raise TypeError(f"{what} must be a name in {registry.names()} or a {base.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+class SparsityController:
+    """Owns the masks, the schedule position and the history of one sparsity run.
+
+    Args:
+        targets: what may be pruned (see :func:`sparsity_core.discovery.discover_targets`).
+        schedule: a :class:`Schedule`, or a float for one-shot pruning at step 0.
+        criterion, allocator, enforcement: a registered name or an instance.
+        update_every: recompute masks every this many optimizer steps within the schedule.
+        measure: what the schedule's sparsity counts: ``"units"``, ``"params"`` or ``"macs"``.
+        model: the module the targets belong to; needed for lottery-ticket rewinding.
+        optimizers: optimizers whose per-weight state is masked with the weights.
+        sync: distributed synchronisation (default: single process).
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        schedule: Union[Schedule, float],
+        criterion: Union[str, Criterion] = "magnitude",
+        allocator: Union[str, Allocator] = "global",
+        enforcement: Union[str, Enforcement] = "hard",
+        update_every: int = 100,
+        measure: str = "units",
+        model: Optional[nn.Module] = None,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        sync: Optional[LocalSync] = None,
+    ) -> None:
+        if not targets:
+            raise ValueError("SparsityController needs at least one target")
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate target names: {sorted({n for n in names if names.count(n) > 1})}")
+        if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
+            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
+        if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+            schedule = Constant(sparsity=float(schedule))
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule or a float sparsity, got {type(schedule).__name__}")
+        self.targets: List[Target] = list(targets)
+        self.schedule = schedule
+        self.criterion: Criterion = _build(CRITERIA, criterion, Criterion, "criterion")
+        self.allocator: Allocator = _build(ALLOCATORS, allocator, Allocator, "allocator")
+        self.enforcement: Enforcement = _build(ENFORCEMENTS, enforcement, Enforcement, "enforcement")
+        self.update_every = update_every
+        self.measure = measure
+        self.model = model
+        self.optimizers: List[torch.optim.Optimizer] = list(optimizers)
+        self.sync = sync or LocalSync()
+        self.masks = MaskSet()
+        self.step = -1  # last optimizer step processed
+        self.last_update_step: Optional[int] = None
+        self.current_sparsity = 0.0
+        self.history: List[Dict[str, float]] = []
+        self.snapshot: Optional[Dict[str, torch.Tensor]] = None
+        self.generator = torch.Generator().manual_seed(0)
+        self.finalized = False
+        self._check_schedule_feasible()
+
+    # -- configuration checks -------------------------------------------------------------
+    def _check_schedule_feasible(self) -> None:
+        """Fail at construction, not mid-run, when the final budget is infeasible."""
+        final = self.schedule.final
+        if final <= 0:
+            return
+        fake_scores = {t.name: torch.zeros(t.num_units) for t in self.targets}
+        self.allocator.allocate(self.targets, fake_scores, Budget(sparsity=final, measure=self.measure))
+
+    @property
+    def target_map(self) -> Dict[str, Target]:
+        return {t.name: t for t in self.targets}
+
+    def bind_optimizers(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+
+    def to_devices(self) -> None:
+        """Move masks and enforcement state to their parameters' devices (after a model move)."""
+        for t in self.targets:
+            if t.param is not None and t.name in self.masks:
+                self.masks[t.name] = self.masks[t.name].to(t.param.device)
+        self.enforcement.bind(self)
+
+    # -- the training-loop interface ------------------------------------------------------
+    def context(self, step: Optional[int] = None) -> ScoreContext:
+        return ScoreContext(step=self.step if step is None else step, weight=self.enforcement.dense_weight)
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final: accumulate criterion statistics, then let masks act on them."""
+        if self.finalized:
+            return
+        if self.criterion.needs_gradients:
+            owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            ctx = self.context()
+            for t in self.targets:
+                if t.param is not None and id(t.param) in owned:
+                    self.criterion.observe(t, ctx)
+        if self.masks:
+            self.enforcement.before_optimizer_step(self, optimizer)
+
+    def after_optimizer_step(self, step: int) -> bool:
+        """Call once per optimizer step with the number of steps done. Returns whether
+        the masks were recomputed."""
+        if self.finalized:
+            return False
+        if self.masks:
+            self.enforcement.after_optimizer_step(self)
+        return self.update(step)
+
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update_step(step, self.update_every)
+
+    def update(self, step: int, force: bool = False) -> bool:
+        """Recompute masks if ``step`` is an update step (or ``force``)."""
+        if self.finalized:
+            return False
+        self.step = step
+        self._maybe_snapshot(step)
+        if not (force or self.is_update_step(step)) or step == self.last_update_step:
+            return False
+        self.recompute(step)
+        return True
+
+    # -- mask computation -----------------------------------------------------------------
+    def compute_scores(self, step: int) -> Dict[str, torch.Tensor]:
+        ctx = self.context(step)
+        scores = {}
+        for t in self.targets:
+            s = self.criterion.score(t, ctx).reshape(-1).float()
+            if s.numel() != t.num_units:
+                raise ValueError(f"criterion {self.criterion!r} returned {s.numel()} scores for {t.describe()}")
+            if not torch.isfinite(s).all():
+                bad = int((~torch.isfinite(s)).sum())
+                raise ValueError(
+                    f"criterion {self.criterion!r} produced {bad} NaN/Inf score(s) for {t.name!r} at step {step}; "
+                    "masks left unchanged (check the weights/gradients for divergence)"
+                )
+            scores[t.name] = s
+        return self._all_reduce(scores)
+
+    def _all_reduce(self, scores: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if getattr(self.sync, "world_size", 1) == 1:
+            return scores
+        flat = self.sync.all_reduce_mean(torch.cat([s for s in scores.values()]))
+        out, offset = {}, 0
+        for name, s in scores.items():
+            out[name] = flat[offset: offset + s.numel()]
+            offset += s.numel()
+        return out
+
+    def masks_for(self, sparsity: float, scores: Mapping[str, torch.Tensor]) -> MaskSet:
+        keep = self.allocator.allocate(self.targets, scores, Budget(sparsity=sparsity, measure=self.measure))
+        masks = MaskSet()
+        for t in self.targets:
+            dev = t.param.device if t.param is not None else None
+            masks[t.name] = t.layout.select(scores[t.name], keep[t.name], t.shape).to(dev)
+        return masks
+
+    def recompute(self, step: int) -> None:
+        sparsity = self.schedule.value(step)
+        new = self.masks_for(sparsity, self.compute_scores(step))
+        new = MaskSet(self.sync.broadcast(new.state_dict())) if getattr(self.sync, "world_size", 1) > 1 else new
+        for t in self.targets:  # broadcast returns CPU tensors
+            if t.param is not None:
+                new[t.name] = new[t.name].to(t.param.device)
+        rewinding = self.snapshot is not None and sparsity > self.current_sparsity
+        previous = self.masks.copy() if self.masks else None
+        self.masks = new
+        if rewinding:
+            self._rewind()
+        self.enforcement.apply_masks(self, previous)
+        self.criterion.reset()
+        self.last_update_step = step
+        self.current_sparsity = sparsity
+        entry = {"step": step, "target_sparsity": sparsity, "sparsity": self.sparsity()}
+        if previous is not None:
+            entry["changed"] = new.changed_fraction(previous)
+        self.history.append(entry)
+        log.debug("step %d: masks recomputed, sparsity %.4f", step, entry["sparsity"])
+
+    # -- lottery-ticket rewinding ---------------------------------------------------------
+    def _maybe_snapshot(self, step: int) -> None:
+        rewind_step = getattr(self.schedule, "rewind_step", None)
+        if rewind_step is None or self.snapshot is not None or step != rewind_step:
+            return
+        if self.model is None:
+            raise ValueError("lottery-ticket rewinding needs the controller's model= argument")
+        self.snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def _rewind(self) -> None:
+        """Restore the weights saved at the rewind step; optimizer state is reset."""
+        if self.model is None or self.snapshot is None:
+            raise ValueError("rewinding needs the controller's model= and a snapshot")
+        self.model.load_state_dict(self.snapshot)
+        dense = getattr(self.enforcement, "dense", None)
+        if isinstance(dense, dict):
+            for t in self.targets:
+                if t.name in dense and t.param is not None:
+                    dense[t.name].copy_(t.param.data)
+        for opt in self.optimizers:
+            opt.state.clear()
+
+    # -- reporting ------------------------------------------------------------------------
+    def sparsity(self, measure: str = "params") -> float:
+        """Fraction of ``measure`` pruned over all targets (0 before the first update)."""
+        if not self.masks:
+            return 0.0
+        return self.masks.weighted_sparsity(self.targets, "units" if measure == "units" else measure)
+
+    def report(self) -> Dict[str, float]:
+        """Global and per-target sparsity, for logging."""
+        out = {"global": self.sparsity("params" if any(t.param is not None for t in self.targets) else "units")}
+        for t in self.targets:
+            out[t.name] = self.masks.sparsity(t.name) if t.name in self.masks else 0.0
+        return out
+
+    def finalize(self) -> None:
+        """Make the sparsity permanent: plain weights with zeros; masks stop acting."""
+        if self.masks and not self.finalized:
+            self.enforcement.finalize(self)
+        self.finalized = True
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "targets": {t.name: list(t.mask_shape) for t in self.targets},
+            "masks": self.masks.state_dict(),
+            "step": self.step,
+            "last_update_step": self.last_update_step,
+            "current_sparsity": self.current_sparsity,
+            "history": [dict(h) for h in self.history],
+            "criterion": self.criterion.state_dict(),
+            "enforcement": self.enforcement.state_dict(),
+            "snapshot": None if self.snapshot is None else {k: v.cpu().clone() for k, v in self.snapshot.items()},
+            "generator": self.generator.get_state(),
+            "finalized": self.finalized,
+        }
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` if ``state`` was saved for other targets."""
+        saved = {k: tuple(v) for k, v in state.get("targets", {}).items()}
+        ours = {t.name: tuple(t.mask_shape) for t in self.targets}
+        missing, unexpected = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
+        reshaped = sorted(n for n in set(ours) & set(saved) if ours[n] != saved[n])
+        if missing or unexpected or reshaped:
+            parts = []
+            if missing:
+                parts.append(f"missing targets {missing[:5]}")
+            if unexpected:
+                parts.append(f"unexpected targets {unexpected[:5]}")
+            if reshaped:
+                parts.append(f"shape mismatch for {[(n, saved[n], ours[n]) for n in reshaped[:5]]}")
+            raise ValueError("sparsity state does not match the model's targets: " + "; ".join(parts))
+        for name, mask in state.get("masks", {}).items():
+            if name not in ours or tuple(mask.shape) != ours[name]:
+                raise ValueError(f"saved mask for {name!r} has shape {tuple(mask.shape)}, expected {ours.get(name)}")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.check_state(state)
+        masks = MaskSet()
+        tmap = self.target_map
+        for name, mask in state["masks"].items():
+            dev = tmap[name].param.device if tmap[name].param is not None else None
+            masks[name] = mask.to(dev)
+        self.criterion.load_state_dict(state.get("criterion", {}))
+        self.enforcement.load_state_dict(state.get("enforcement", {}))
+        self.masks = masks
+        self.step = int(state["step"])
+        self.last_update_step = state["last_update_step"]
+        self.current_sparsity = float(state["current_sparsity"])
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.snapshot = state.get("snapshot")
+        self.generator.set_state(state["generator"])
+        self.finalized = bool(state.get("finalized", False))
+        self.to_devices()
+
+    def __repr__(self) -> str:
+        return (
+            f"SparsityController(targets={len(self.targets)}, schedule={self.schedule!r}, criterion={self.criterion!r}, "
+            f"allocator={self.allocator!r}, enforcement={self.enforcement!r}, update_every={self.update_every}, "
+            f"measure={self.measure!r})"
+        )

@@ -1,0 +1,76 @@
+"""Enforcement: how masks act on training.
+
+The controller calls an enforcement at four points; a regime overrides the ones it needs:
+
+- ``apply_masks(ctrl, previous)``: masks were just recomputed (``previous`` is the old
+  :class:`MaskSet`, or ``None`` the first time).
+- ``before_optimizer_step(ctrl, optimizer)``: gradients of the step are final (unscaled
+  under AMP, all-reduced under DDP); the optimizer is about to update.
+- ``after_optimizer_step(ctrl)``: once per optimizer step, after the update.
+- ``finalize(ctrl)``: make the sparsity permanent (plain weights with zeros); masks stop
+  acting afterwards.
+
+``dense_weight(target)`` returns the weights criteria should score (a regime that keeps
+dense weights aside returns those). State is plain tensors keyed by target name.
+Regimes such as SR-STE, soft shrinkage, progressive decay and prune-and-regrow are
+subclasses: the Lightning callback only talks to this interface.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Iterable, Optional
+
+import torch
+
+from ..masks import MaskSet
+from ..targets import Target
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..controller import SparsityController
+
+
+def params_of(optimizer: torch.optim.Optimizer) -> set:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def weight_targets(ctrl: "SparsityController", optimizer: Optional[torch.optim.Optimizer] = None) -> Iterable[Target]:
+    """Parameter-backed targets with a mask (of ``optimizer`` only, if given)."""
+    owned = params_of(optimizer) if optimizer is not None else None
+    for t in ctrl.targets:
+        if t.param is None or t.name not in ctrl.masks:
+            continue
+        if owned is not None and id(t.param) not in owned:
+            continue
+        yield t
+
+
+class Enforcement:
+    name = "base"
+
+    def apply_masks(self, ctrl: "SparsityController", previous: Optional[MaskSet]) -> None:
+        pass
+
+    def before_optimizer_step(self, ctrl: "SparsityController", optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def after_optimizer_step(self, ctrl: "SparsityController") -> None:
+        pass
+
+    def finalize(self, ctrl: "SparsityController") -> None:
+        pass
+
+    def bind(self, ctrl: "SparsityController") -> None:
+        """Called after state is loaded: move state to the parameters' devices."""
+
+    def dense_weight(self, target: Target) -> torch.Tensor:
+        if target.param is None:
+            raise ValueError(f"target {target.name!r} has no weights to score")
+        return target.param.detach()
+
+    def state_dict(self) -> Dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,4 @@
+"""Lightning integration: :class:`SparsityCallback`."""
+from .callback import SparsityCallback
+
+__all__ = ["SparsityCallback"]

@@ -1,0 +1,7 @@
+"""Step-keyed schedules: ``value(step) -> sparsity``."""
+from .base import Ramp, Schedule
+from .constant import Constant, one_shot
+from .iterative import Iterative
+from .ramps import Cosine, Cubic, Exponential, Linear
+
+__all__ = ["Ramp", "Schedule", "Constant", "one_shot", "Iterative", "Cosine", "Cubic", "Exponential", "Linear"]

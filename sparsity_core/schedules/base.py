@@ -1,0 +1,75 @@
+"""Schedules map an optimizer step to a target sparsity: ``value(step) -> float``.
+
+Steps are optimizer steps (``trainer.global_step``), never epochs or call counts, so
+gradient accumulation and resumption cannot shift them. Schedules are picklable
+dataclasses validated in ``__post_init__``. ``is_update_step(step, every)`` says when masks
+are recomputed: every ``every`` steps from ``start_step`` through ``end_step``, and always
+at ``end_step`` so the final sparsity is reached exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..allocators.budget import check_sparsity
+
+
+@dataclass
+class Schedule:
+    start_step: int = 0
+    end_step: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("start_step", "end_step"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.end_step < self.start_step:
+            raise ValueError(f"end_step ({self.end_step}) must be >= start_step ({self.start_step})")
+
+    def value(self, step: int) -> float:
+        raise NotImplementedError
+
+    @property
+    def final(self) -> float:
+        return self.value(self.end_step)
+
+    def is_update_step(self, step: int, every: int = 1) -> bool:
+        if step < self.start_step or step > self.end_step:
+            return False
+        return (step - self.start_step) % every == 0 or step == self.end_step
+
+
+@dataclass
+class Ramp(Schedule):
+    """From ``initial`` (at and before ``start_step``) to ``final`` (at and after ``end_step``)."""
+
+    initial: float = 0.0
+    final_sparsity: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sparsity(self.initial, "initial sparsity")
+        check_sparsity(self.final_sparsity, "final sparsity")
+        if self.end_step == self.start_step:
+            raise ValueError(f"a ramp needs end_step > start_step, got {self.start_step}..{self.end_step}")
+
+    def progress(self, step: int) -> float:
+        """Fraction of the ramp done at ``step``, in [0, 1]."""
+        return min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
+
+    def shape(self, t: float) -> float:
+        """Ramp shape on [0, 1] -> [0, 1] (0 = initial, 1 = final)."""
+        raise NotImplementedError
+
+    def value(self, step: int) -> float:
+        t = self.progress(step)
+        if t <= 0.0:
+            return float(self.initial)
+        if t >= 1.0:
+            return float(self.final_sparsity)
+        return self.initial + (self.final_sparsity - self.initial) * self.shape(t)
+
+
+def cosine_shape(t: float) -> float:
+    return (1.0 - math.cos(math.pi * t)) / 2.0
