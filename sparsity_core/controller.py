@@ -110,6 +110,11 @@ class SparsityController:
     # -- configuration checks -------------------------------------------------------------
     def _check_schedule_feasible(self) -> None:
         """Fail at construction, not mid-run, when the final budget is infeasible."""
+        if self.criterion.needs_gradients and self.is_update_step(0) and self.schedule.value(0) > 0:
+            raise ValueError(
+                f"criterion {self.criterion!r} scores from gradients, but the schedule prunes at step 0 before any "
+                "gradient exists; start the schedule at step >= 1 (start_step=...)"
+            )
         final = self.schedule.final
         if final <= 0:
             return
@@ -207,7 +212,10 @@ class SparsityController:
 
     def recompute(self, step: int) -> None:
         sparsity = self.schedule.value(step)
-        new = self.masks_for(sparsity, self.compute_scores(step))
+        if sparsity == 0.0 and not self.masks:  # nothing to prune yet: no scores needed
+            new = MaskSet.dense(self.targets)
+        else:
+            new = self.masks_for(sparsity, self.compute_scores(step))
         new = MaskSet(self.sync.broadcast(new.state_dict())) if getattr(self.sync, "world_size", 1) > 1 else new
         for t in self.targets:  # broadcast returns CPU tensors
             if t.param is not None:

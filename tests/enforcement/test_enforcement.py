@@ -1,0 +1,100 @@
+import torch
+from torch import nn
+
+from sparsity_core import SparsityController, discover_targets
+from sparsity_core.enforcement import HardMask, StraightThrough
+
+
+def linear_ctrl(enforcement, sparsity=0.5, lr=0.1, opt_cls=torch.optim.SGD, **opt_kwargs):
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2, bias=False)
+    model = nn.Sequential(lin, nn.Linear(2, 1))  # lin is not the head
+    opt = opt_cls(model.parameters(), lr=lr, **opt_kwargs)
+    ctrl = SparsityController(discover_targets(model), schedule=sparsity, enforcement=enforcement,
+                              model=model, optimizers=[opt], allocator="uniform")
+    return model, lin, opt, ctrl
+
+
+def train_step(model, opt, ctrl, step):
+    x = torch.randn(8, 4)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    ctrl.before_optimizer_step(opt)
+    opt.step()
+    ctrl.after_optimizer_step(step)
+
+
+def test_hard_zeroes_weights_grads_and_moments():
+    model, lin, opt, ctrl = linear_ctrl("hard", opt_cls=torch.optim.AdamW, weight_decay=0.1)
+    train_step(model, opt, ctrl, 1)  # builds Adam state
+    ctrl.update(0, force=True)
+    mask = ctrl.masks["0.weight"]
+    assert int(mask.sum()) == 4
+    assert (lin.weight[~mask] == 0).all()
+    assert (opt.state[lin.weight]["exp_avg"][~mask] == 0).all()
+    for step in range(2, 6):
+        train_step(model, opt, ctrl, step)
+        assert (lin.weight[~mask] == 0).all()
+    # gradients of pruned weights are zeroed before the step
+    loss = model(torch.randn(3, 4)).sum()
+    opt.zero_grad()
+    loss.backward()
+    ctrl.before_optimizer_step(opt)
+    assert (lin.weight.grad[~mask] == 0).all() and (lin.weight.grad[mask] != 0).any()
+
+
+def test_ste_keeps_dense_weights_and_masks_forward():
+    model, lin, opt, ctrl = linear_ctrl("ste")
+    ctrl.update(0, force=True)
+    mask = ctrl.masks["0.weight"]
+    enf = ctrl.enforcement
+    dense_before = enf.dense["0.weight"].clone()
+    assert (lin.weight[~mask] == 0).all()
+    assert torch.equal(lin.weight.data, dense_before * mask)
+    # one step: the dense update equals  w - lr * grad taken at the masked weights
+    x = torch.randn(8, 4)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    grad = lin.weight.grad.clone()
+    assert (grad[~mask] != 0).any()  # straight-through: pruned weights get gradients
+    ctrl.before_optimizer_step(opt)
+    opt.step()
+    ctrl.after_optimizer_step(1)
+    assert torch.allclose(enf.dense["0.weight"], dense_before - 0.1 * grad)
+    assert torch.equal(lin.weight.data, enf.dense["0.weight"] * mask)
+
+
+def test_ste_scores_dense_weights_so_pruned_ones_can_return():
+    model, lin, opt, ctrl = linear_ctrl("ste")
+    ctrl.update(0, force=True)
+    mask = ctrl.masks["0.weight"].clone()
+    pruned = (~mask).nonzero()[0].tolist()
+    ctrl.enforcement.dense["0.weight"][tuple(pruned)] = 100.0
+    ctrl.update(1, force=True)
+    assert ctrl.masks["0.weight"][tuple(pruned)]
+
+
+def test_finalize_leaves_plain_sparse_weights():
+    model, lin, opt, ctrl = linear_ctrl("ste")
+    ctrl.update(0, force=True)
+    for step in range(1, 4):
+        train_step(model, opt, ctrl, step)
+    ctrl.finalize()
+    assert ctrl.enforcement.dense == {}
+    assert float((lin.weight == 0).float().mean()) == 0.5
+    before = lin.weight.clone()
+    train_step(model, opt, ctrl, 5)  # masks no longer act after finalize
+    assert not torch.equal(before, lin.weight)
+    fresh = nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 1))
+    fresh.load_state_dict(model.state_dict())  # same keys as the unmodified class
+
+
+def test_enforcement_state_round_trip():
+    model, lin, opt, ctrl = linear_ctrl("ste")
+    ctrl.update(0, force=True)
+    s = StraightThrough()
+    s.load_state_dict(ctrl.enforcement.state_dict())
+    assert torch.equal(s.dense["0.weight"], ctrl.enforcement.dense["0.weight"])
+    assert HardMask().state_dict() == {}
