@@ -12,6 +12,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 
 from ..registry import ALLOCATORS
+from ..layouts import top_k_mask
 from ..targets import Target
 from .base import Allocator
 from .budget import unit_cost
@@ -27,20 +28,29 @@ class GlobalRank(Allocator):
                    measure: str, floors: Mapping[str, int]) -> Dict[str, int]:
         keep = dict(floors)
         budget = keep_cost - sum(unit_cost(t, measure) * floors[t.name] for t in targets)
-        pool_scores, pool_owner, pool_cost = [], [], []
+        pool, owners, costs = [], [], []
         for i, t in enumerate(targets):
-            s = self.transform(t, scores[t.name].reshape(-1).double().cpu())
-            rest = torch.sort(s, descending=True, stable=True).values[floors[t.name]:]
-            pool_scores.append(rest)
-            pool_owner.append(torch.full_like(rest, i, dtype=torch.long))
-            pool_cost.append(torch.full_like(rest, unit_cost(t, measure)))
-        all_scores = torch.cat(pool_scores)
-        if all_scores.numel() == 0 or budget <= 0:
+            s = self.transform(t, scores[t.name].reshape(-1).float().cpu())
+            if floors[t.name]:  # the floor units are kept already: take them out of the pool
+                s = s.clone()
+                s[torch.topk(s, floors[t.name], sorted=False).indices] = float("-inf")
+            pool.append(s)
+            owners.append(torch.full((s.numel(),), i, dtype=torch.int32))
+            costs.append(unit_cost(t, measure))
+        free = sum(t.num_units - floors[t.name] for t in targets)
+        if free == 0 or budget <= 0:
             return keep
-        order = torch.argsort(all_scores, descending=True, stable=True)
-        owners, costs = torch.cat(pool_owner)[order], torch.cat(pool_cost)[order]
-        taken = int(torch.searchsorted(torch.cumsum(costs, 0), torch.tensor([budget * (1 + 1e-9)], dtype=costs.dtype)).item())
-        counts = torch.bincount(owners[:taken], minlength=len(targets))
+        all_scores, all_owners = torch.cat(pool), torch.cat(owners)
+        if len(set(costs)) == 1:  # equal unit costs: the best `taken` units, found in O(n)
+            taken = min(free, int(budget / costs[0] * (1 + 1e-9)))
+            chosen = top_k_mask(all_scores, taken) if taken else torch.zeros_like(all_scores, dtype=torch.bool)
+            counts = torch.bincount(all_owners[chosen].long(), minlength=len(targets))
+        else:  # greedy by score, paying each unit's own cost
+            order = torch.argsort(all_scores, descending=True, stable=True)[:free]
+            unit_costs = torch.tensor(costs, dtype=torch.float64)[all_owners[order].long()]
+            limit = torch.tensor([budget * (1 + 1e-9)], dtype=torch.float64)
+            taken = int(torch.searchsorted(torch.cumsum(unit_costs, 0), limit, right=True).item())
+            counts = torch.bincount(all_owners[order[:taken]].long(), minlength=len(targets))
         for i, t in enumerate(targets):
             keep[t.name] += int(counts[i])
         return keep

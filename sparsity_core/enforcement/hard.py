@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..masks import MaskSet, apply_mask_, mask_optimizer_state_
+from ..masks import MaskSet, mask_optimizer_state_
 from ..registry import ENFORCEMENTS
 from .base import Enforcement, weight_targets
 
@@ -19,9 +19,10 @@ from .base import Enforcement, weight_targets
 class HardMask(Enforcement):
     name = "hard"
 
+    @torch.no_grad()
     def apply_masks(self, ctrl, previous: Optional[MaskSet]) -> None:
         for t in weight_targets(ctrl):
-            apply_mask_(t.param.data, t, ctrl.masks[t.name])
+            t.param.data.mul_(self.factor(ctrl, t))
             for opt in ctrl.optimizers:
                 mask_optimizer_state_(opt, t.param, t, ctrl.masks[t.name])
 
@@ -29,11 +30,12 @@ class HardMask(Enforcement):
     def before_optimizer_step(self, ctrl, optimizer) -> None:
         for t in weight_targets(ctrl, optimizer):
             if t.param.grad is not None:
-                t.param.grad.mul_(t.expand_mask(ctrl.masks[t.name]))
+                t.param.grad.mul_(self.factor(ctrl, t))
 
+    @torch.no_grad()
     def after_optimizer_step(self, ctrl) -> None:
         for t in weight_targets(ctrl):
-            apply_mask_(t.param.data, t, ctrl.masks[t.name])
+            t.param.data.mul_(self.factor(ctrl, t))
 
     def finalize(self, ctrl) -> None:
         self.after_optimizer_step(ctrl)

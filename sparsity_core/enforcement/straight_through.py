@@ -28,19 +28,21 @@ class StraightThrough(Enforcement):
     name = "ste"
 
     def __init__(self) -> None:
+        super().__init__()
         self.dense: Dict[str, torch.Tensor] = {}
         self._swapped: set = set()
 
-    def forward_weight(self, ctrl, target: Target) -> torch.Tensor:
-        """Weights the forward pass uses (m ⊙ w); regimes with soft masks override this."""
-        return self.dense[target.name] * target.expand_mask(ctrl.masks[target.name])
+    def write_forward_weight(self, ctrl, target: Target) -> None:
+        """Fill the parameter with the weights the forward pass uses, m ⊙ w (regimes with
+        soft masks override this)."""
+        torch.mul(self.dense[target.name], self.factor(ctrl, target), out=target.param.data)
 
     @torch.no_grad()
     def apply_masks(self, ctrl, previous: Optional[MaskSet]) -> None:
         for t in weight_targets(ctrl):
             if t.name not in self.dense:
                 self.dense[t.name] = t.param.detach().clone()
-            t.param.data.copy_(self.forward_weight(ctrl, t))
+            self.write_forward_weight(ctrl, t)
 
     @torch.no_grad()
     def before_optimizer_step(self, ctrl, optimizer) -> None:
@@ -56,13 +58,13 @@ class StraightThrough(Enforcement):
                 self.dense[t.name].copy_(t.param.data)
                 self._swapped.discard(t.name)
             if t.name in self.dense:
-                t.param.data.copy_(self.forward_weight(ctrl, t))
+                self.write_forward_weight(ctrl, t)
 
     @torch.no_grad()
     def finalize(self, ctrl) -> None:
         self.after_optimizer_step(ctrl)
         for t in weight_targets(ctrl):
-            t.param.data.mul_(t.expand_mask(ctrl.masks[t.name]))
+            t.param.data.mul_(self.factor(ctrl, t))
         self.dense.clear()
 
     def dense_weight(self, target: Target) -> torch.Tensor:
