@@ -85,7 +85,7 @@ def run(args, sparse: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18", help="timm model name (random init)")
+    p.add_argument("--model", default="resnet10t", help="timm model name (random init)")
     p.add_argument("--sparsity", type=float, default=0.9, help="final sparsity of the pruned weights")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)

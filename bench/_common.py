@@ -1,0 +1,60 @@
+"""Conventions shared by every benchmark in bench/.
+
+Each benchmark prints its table, then one ``TARGET <what>: met|missed (<measured> vs
+<goal>)`` line per target its issue sets, and last ``RESULT <name> key=value ...``.
+``--quick`` runs a reduced version in under 2 minutes. Timings are ratios measured side by
+side in one run: configurations interleaved, warm-up first, medians of repeats, threads
+stated.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import warnings
+from typing import Dict, Iterable, List, Sequence
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="reduced run, under 2 minutes")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    return p
+
+
+def quiet() -> None:
+    """Silence Lightning's info banners and library warnings in benchmark output."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def rotations(items: Sequence, repeats: int) -> List[List]:
+    """Interleaved order: repeat r runs the configurations rotated by r."""
+    n = len(items)
+    return [[items[(i + r) % n] for i in range(n)] for r in range(repeats)]
+
+
+def target(what: str, met: bool, measured: str, goal: str) -> bool:
+    print(f"TARGET {what}: {'met' if met else 'missed'} ({measured} vs {goal})")
+    return met
+
+
+def result(name: str, values: Dict[str, object]) -> None:
+    parts = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    print(f"RESULT {name} {parts}")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
