@@ -5,8 +5,9 @@ Small CNN (LeNet-5-Caffe: conv 1->20 5x5, pool, conv 20->50 5x5, pool, fc 800->5
 ../shared/data (torchvision loader, local root). Both methods prune the same tensors (conv1,
 conv2, fc1 weights; the classifier stays dense) to the same final sparsity:
 
-- ours: global magnitude ranking, Zhu & Gupta cubic schedule from step 0 to 75% of training,
-  masks recomputed ~40 times along the ramp, hard masks, then fine-tuning at the final mask.
+- ours: global magnitude ranking, Zhu & Gupta cubic schedule from 1/6 to 2/3 of training
+  (pruning starts after a warm-up, as in their recipe), masks recomputed ~40 times along
+  the ramp, hard masks, then fine-tuning at the final mask for the last third.
 - ModelPruning: global L1 unstructured at the end of each of the first E-1 epochs with
   amount a = 1 - (1 - s)^(1/(E-1)) (its amount compounds on what remains, so the final
   sparsity is exactly s), no pruning after the last epoch so it also fine-tunes, no
@@ -59,10 +60,10 @@ def callbacks_for(method, module, sparsity, epochs, steps_per_epoch):
         return []
     if method == "ours":
         total = epochs * steps_per_epoch
-        end = int(0.75 * total)
-        return [SparsityCallback(Cubic(start_step=0, end_step=end, final_sparsity=sparsity),
+        start, end = total // 6, (2 * total) // 3
+        return [SparsityCallback(Cubic(start_step=start, end_step=end, final_sparsity=sparsity),
                                  criterion="magnitude", allocator="global", include=["conv1", "conv2", "fc1"],
-                                 update_every=max(1, end // 40), finalize=True, log_per_target=False)]
+                                 update_every=max(1, (end - start) // 40), finalize=True, log_per_target=False)]
     amount = 1.0 - (1.0 - sparsity) ** (1.0 / (epochs - 1))
     return [ModelPruning("l1_unstructured", amount=lambda epoch: amount if epoch < epochs - 1 else 0.0,
                          parameters_to_prune=[(m, "weight") for m in module.pruned()],
@@ -98,9 +99,9 @@ def main():
     x, y = mnist_tensors(train=True)
     test = mnist_tensors(train=False)
     if args.quick:
-        x, y, epochs, seeds = x[:12000], y[:12000], 3, args.seeds or 1
+        x, y, epochs, seeds = x[:6000], y[:6000], 3, args.seeds or 1
     else:
-        epochs, seeds = 6, args.seeds or 2
+        epochs, seeds = 3, args.seeds or 2
     train = TensorDataset(x, y)
     start = time.perf_counter()
     acc = {}

@@ -13,11 +13,11 @@ from .allocators import ERK, LAMP, Allocator, Budget, GlobalRank, Uniform
 from .controller import SparsityController
 from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor
 from .discovery import discover_targets
-from .enforcement import Enforcement, HardMask, StraightThrough
+from .enforcement import SRSTE, DecayingMask, Enforcement, HardMask, PruneRegrow, SoftShrink, StraightThrough
 from .layouts import NM, Channels, Elements, Rows, UnitLayout
 from .masks import MaskSet
 from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS, LAYOUTS, SCHEDULES, Registry, UnknownNameError
-from .schedules import Constant, Cosine, Cubic, Exponential, Iterative, Linear, Schedule, one_shot
+from .schedules import Constant, Cosine, Cubic, Exponential, Iterative, Linear, Schedule, StepwiseNM, one_shot
 from .targets import Target
 
 __version__ = "0.1.0"
@@ -27,7 +27,8 @@ __all__ = [
     "Cosine", "Criterion", "Cubic", "ERK", "Elements", "Enforcement", "Exponential", "GlobalRank", "HardMask",
     "Iterative", "LAMP", "Linear", "Magnitude", "MaskSet", "Movement", "NM", "RandomScores", "Registry", "Rows",
     "Schedule", "ScoreContext", "SparsityCallback", "SparsityController", "StraightThrough", "Target", "Taylor",
-    "Uniform", "UnitLayout", "UnknownNameError", "discover_targets", "one_shot",
+    "Uniform", "UnitLayout", "UnknownNameError", "discover_targets", "one_shot", "SRSTE", "DecayingMask",
+    "PruneRegrow", "SoftShrink", "StepwiseNM",
 ]
 
 

@@ -59,6 +59,7 @@ class SparsityController:
         model: the module the targets belong to; needed for lottery-ticket rewinding.
         optimizers: optimizers whose per-weight state is masked with the weights.
         sync: distributed synchronisation (default: single process).
+        seed: seed of the controller's generator (randomness of enforcement regimes).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class SparsityController:
         model: Optional[nn.Module] = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
         sync: Optional[LocalSync] = None,
+        seed: int = 0,
     ) -> None:
         if not targets:
             raise ValueError("SparsityController needs at least one target")
@@ -103,9 +105,12 @@ class SparsityController:
         self.current_sparsity = 0.0
         self.history: List[Dict[str, float]] = []
         self.snapshot: Optional[Dict[str, torch.Tensor]] = None
-        self.generator = torch.Generator().manual_seed(0)
+        # Randomness of regimes (e.g. SET regrowth); a stream distinct from RandomScores(seed=0),
+        # which would otherwise re-draw the very scores that chose the initial mask.
+        self.generator = torch.Generator().manual_seed(0x9E3779B9 ^ seed)
         self.finalized = False
         self._check_schedule_feasible()
+        self.enforcement.attach(self)
 
     # -- configuration checks -------------------------------------------------------------
     def _check_schedule_feasible(self) -> None:
@@ -115,6 +120,12 @@ class SparsityController:
                 f"criterion {self.criterion!r} scores from gradients, but the schedule prunes at step 0 before any "
                 "gradient exists; start the schedule at step >= 1 (start_step=...)"
             )
+        layout_at = getattr(self.schedule, "layout_at", None)
+        if layout_at is not None:
+            for step in (self.schedule.start_step, self.schedule.end_step):
+                for t in self.targets:
+                    if t.param is not None:
+                        layout_at(step).validate(t.shape, t.name)
         final = self.schedule.final
         if final <= 0:
             return
@@ -157,6 +168,7 @@ class SparsityController:
         the masks were recomputed."""
         if self.finalized:
             return False
+        self.step = step
         if self.masks:
             self.enforcement.after_optimizer_step(self)
         return self.update(step)
@@ -190,10 +202,11 @@ class SparsityController:
                     "masks left unchanged (check the weights/gradients for divergence)"
                 )
             scores[t.name] = s
-        return self._all_reduce(scores)
+        return self.all_reduce(scores)
 
-    def _all_reduce(self, scores: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if getattr(self.sync, "world_size", 1) == 1:
+    def all_reduce(self, scores: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Average per-target statistics over ranks (one collective for all targets)."""
+        if self.sync_world_size == 1:
             return scores
         flat = self.sync.all_reduce_mean(torch.cat([s for s in scores.values()]))
         out, offset = {}, 0
@@ -212,28 +225,56 @@ class SparsityController:
 
     def recompute(self, step: int) -> None:
         sparsity = self.schedule.value(step)
+        self._apply_layout(step)
         if sparsity == 0.0 and not self.masks:  # nothing to prune yet: no scores needed
             new = MaskSet.dense(self.targets)
         else:
             new = self.masks_for(sparsity, self.compute_scores(step))
-        new = MaskSet(self.sync.broadcast(new.state_dict())) if getattr(self.sync, "world_size", 1) > 1 else new
-        for t in self.targets:  # broadcast returns CPU tensors
-            if t.param is not None:
-                new[t.name] = new[t.name].to(t.param.device)
         rewinding = self.snapshot is not None and sparsity > self.current_sparsity
-        previous = self.masks.copy() if self.masks else None
-        self.masks = new
-        if rewinding:
-            self._rewind()
-        self.enforcement.apply_masks(self, previous)
+        self.replace_masks(new, step, target_sparsity=sparsity, rewind=rewinding)
         self.criterion.reset()
         self.last_update_step = step
         self.current_sparsity = sparsity
-        entry = {"step": step, "target_sparsity": sparsity, "sparsity": self.sparsity()}
+
+    def _apply_layout(self, step: int) -> None:
+        """Schedules that move through unit layouts (stepwise N:M) set them here."""
+        layout_at = getattr(self.schedule, "layout_at", None)
+        if layout_at is None:
+            return
+        layout = layout_at(step)
+        for t in self.targets:
+            if t.param is not None:
+                t.layout = layout
+
+    def replace_masks(self, new: MaskSet, step: int, target_sparsity: Optional[float] = None,
+                      rewind: bool = False, event: str = "update") -> None:
+        """Install ``new`` masks (identical on every rank) and let the enforcement act.
+
+        Used by scheduled updates and by regimes that change masks themselves
+        (prune-and-regrow). Records a history entry with the fraction of units whose state
+        changed (the sparse architecture divergence between consecutive masks).
+        """
+        if self.sync_world_size > 1:
+            new = MaskSet(self.sync.broadcast(new.state_dict()))
+        for t in self.targets:  # broadcast returns CPU tensors
+            if t.param is not None:
+                new[t.name] = new[t.name].to(t.param.device)
+        previous = self.masks.copy() if self.masks else None
+        self.masks = new
+        if rewind:
+            self._rewind()
+        self.enforcement.apply_masks(self, previous)
+        entry: Dict[str, Any] = {"step": step, "event": event, "sparsity": self.sparsity()}
+        if target_sparsity is not None:
+            entry["target_sparsity"] = target_sparsity
         if previous is not None:
             entry["changed"] = new.changed_fraction(previous)
         self.history.append(entry)
-        log.debug("step %d: masks recomputed, sparsity %.4f", step, entry["sparsity"])
+        log.debug("step %d: masks %s, sparsity %.4f", step, event, entry["sparsity"])
+
+    @property
+    def sync_world_size(self) -> int:
+        return int(getattr(self.sync, "world_size", 1))
 
     # -- lottery-ticket rewinding ---------------------------------------------------------
     def _maybe_snapshot(self, step: int) -> None:

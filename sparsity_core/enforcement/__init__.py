@@ -1,6 +1,11 @@
 """How masks act on training: hard zeros, straight-through, and the regimes built on them."""
 from .base import Enforcement, weight_targets
+from .decaying import DecayingMask
 from .hard import HardMask
+from .prune_regrow import PruneRegrow
+from .soft_shrink import SoftShrink
+from .sr_ste import SRSTE
 from .straight_through import StraightThrough
 
-__all__ = ["Enforcement", "weight_targets", "HardMask", "StraightThrough"]
+__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "PruneRegrow", "SoftShrink", "SRSTE",
+           "StraightThrough"]

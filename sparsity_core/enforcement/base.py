@@ -1,7 +1,8 @@
 """Enforcement: how masks act on training.
 
-The controller calls an enforcement at four points; a regime overrides the ones it needs:
+The controller calls an enforcement at these points; a regime overrides the ones it needs:
 
+- ``attach(ctrl)``: once, at construction: validate against the targets, set up hooks.
 - ``apply_masks(ctrl, previous)``: masks were just recomputed (``previous`` is the old
   :class:`MaskSet`, or ``None`` the first time).
 - ``before_optimizer_step(ctrl, optimizer)``: gradients of the step are final (unscaled
@@ -62,6 +63,10 @@ class Enforcement:
             cached = (mask, target.expand_mask(mask).to(device=p.device, dtype=p.dtype))
             self._factors[target.name] = cached
         return cached[1]
+
+    def attach(self, ctrl: "SparsityController") -> None:
+        """Called once by the controller's constructor: validate the configuration against
+        the targets (raise ``ValueError`` before anything changes) and set up hooks."""
 
     def apply_masks(self, ctrl: "SparsityController", previous: Optional[MaskSet]) -> None:
         pass

@@ -151,8 +151,14 @@ class SparsityCallback(pl.Callback):
             return
         self._seen_step = step
         ctrl = self._require()
-        if ctrl.after_optimizer_step(step) or not self._report:
+        events = len(ctrl.history)
+        ctrl.after_optimizer_step(step)
+        if len(ctrl.history) != events or not self._report:  # masks changed (schedule or regime)
             self._refresh_report()
+            if ctrl.history and "changed" in ctrl.history[-1]:
+                # sparse architecture divergence: fraction of units whose state flipped
+                pl_module.log("sparsity/mask_change", ctrl.history[-1]["changed"], on_step=True, on_epoch=False,
+                              rank_zero_only=True)
         self._log(pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -3,5 +3,6 @@ from .base import Ramp, Schedule
 from .constant import Constant, one_shot
 from .iterative import Iterative
 from .ramps import Cosine, Cubic, Exponential, Linear
+from .stepwise_nm import StepwiseNM
 
-__all__ = ["Ramp", "Schedule", "Constant", "one_shot", "Iterative", "Cosine", "Cubic", "Exponential", "Linear"]
+__all__ = ["Ramp", "Schedule", "Constant", "one_shot", "Iterative", "Cosine", "Cubic", "Exponential", "Linear", "StepwiseNM"]

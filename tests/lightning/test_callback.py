@@ -117,11 +117,13 @@ def test_include_matching_nothing_fails_before_training():
 def test_resume_with_mismatched_targets_is_an_error(tmp_path):
     t, _ = fit(SparsityCallback(0.5, include="fc"), 4)
     t.save_checkpoint(tmp_path / "fc.ckpt")
-    state = torch.load(tmp_path / "fc.ckpt", weights_only=True)["callbacks"]
+    callbacks = torch.load(tmp_path / "fc.ckpt", weights_only=True)["callbacks"]
+    fc_only_state = next(iter(callbacks.values()))
     cb = SparsityCallback(0.5)
-    fit(SparsityCallback(0.5), 1)  # sanity: a fresh callback works
-    cb2 = SparsityCallback(0.5)
-    _, model = fit(cb2, 1)
+    fit(cb, 1)
+    masks_before = cb.controller.masks.state_dict()
     with pytest.raises(ValueError, match="missing targets \\['conv.weight'\\]"):
-        cb2.load_state_dict(next(iter(state.values())))
-    assert cb.controller is None
+        cb.load_state_dict(fc_only_state)
+    assert all(torch.equal(masks_before[k], v) for k, v in cb.controller.masks.state_dict().items())
+    with pytest.raises(ValueError, match="not a SparsityCallback state"):
+        cb.load_state_dict({"masks": {}})
