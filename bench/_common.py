@@ -13,14 +13,31 @@ import logging
 import os
 import statistics
 import warnings
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str, seeds: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reduced run, under 2 minutes")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    if seeds:
+        p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the benchmark's)")
     return p
+
+
+def start(args: argparse.Namespace) -> None:
+    """Quiet logging and fix the thread count before anything runs."""
+    import torch
+
+    quiet()
+    torch.set_num_threads(args.threads)
+
+
+def mean_std(samples: Dict[object, List[float]]) -> Tuple[Dict[object, float], Dict[object, float]]:
+    """Mean and sample standard deviation of every list of repeats."""
+    mean = {k: sum(v) / len(v) for k, v in samples.items()}
+    std = {k: (sum((a - mean[k]) ** 2 for a in v) / max(1, len(v) - 1)) ** 0.5 for k, v in samples.items()}
+    return mean, std
 
 
 def quiet() -> None:

@@ -33,3 +33,9 @@ def mnist_tensors(train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     ds = MNIST(WORK, train=train, download=False)
     x = ds.data.unsqueeze(1).float().div(255.0)
     return (x - 0.1307) / 0.3081, ds.targets.clone()
+
+
+def mnist_split(n_train: int):
+    """The first ``n_train`` MNIST training images and the full 10k test set."""
+    x, y = mnist_tensors(train=True)
+    return (x[:n_train], y[:n_train]), mnist_tensors(train=False)

@@ -19,91 +19,58 @@ from __future__ import annotations
 
 import time
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelPruning
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from _common import median, parser, quiet, result, table, target
-from _data import mnist_tensors
+from _common import median, parser, result, start, table, target
+from _data import mnist_split
+from _train import fit_eval, weight_sparsity
 from sparsity_core import Cubic, SparsityCallback
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+PRUNED = ("conv1", "conv2", "fc1")
 
 
-class LeNet5(pl.LightningModule):
-    def __init__(self, lr=1e-3):
+class LeNet5(nn.Module):
+    def __init__(self):
         super().__init__()
         self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
         self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-        self.lr = lr
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self(batch[0]), batch[1])
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-    def pruned(self):
-        return [self.conv1, self.conv2, self.fc1]
-
-
-def callbacks_for(method, module, sparsity, epochs, steps_per_epoch):
+def callbacks_for(method, module, sparsity, epochs, total):
     if method == "dense":
         return []
     if method == "ours":
-        total = epochs * steps_per_epoch
         start, end = total // 6, (2 * total) // 3
         return [SparsityCallback(Cubic(start_step=start, end_step=end, final_sparsity=sparsity),
-                                 criterion="magnitude", allocator="global", include=["conv1", "conv2", "fc1"],
+                                 criterion="magnitude", allocator="global", include=list(PRUNED),
                                  update_every=max(1, (end - start) // 40), finalize=True, log_per_target=False)]
     amount = 1.0 - (1.0 - sparsity) ** (1.0 / (epochs - 1))
     return [ModelPruning("l1_unstructured", amount=lambda epoch: amount if epoch < epochs - 1 else 0.0,
-                         parameters_to_prune=[(m, "weight") for m in module.pruned()],
+                         parameters_to_prune=[(getattr(module.net, n), "weight") for n in PRUNED],
                          use_global_unstructured=True, use_lottery_ticket_hypothesis=False, verbose=0)]
 
 
-@torch.no_grad()
-def evaluate(module, x, y):
-    module.eval()
-    correct = sum(int((module(x[i:i + 2000]).argmax(1) == y[i:i + 2000]).sum()) for i in range(0, len(y), 2000))
-    return 100.0 * correct / len(y)
-
-
 def run(method, sparsity, seed, epochs, train, test):
-    pl.seed_everything(seed, verbose=False)
-    module = LeNet5()
-    loader = DataLoader(train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=callbacks_for(method, module, sparsity, epochs, len(loader)))
-    trainer.fit(module, loader)
-    zeros = sum(int((m.weight == 0).sum()) for m in module.pruned())
-    total = sum(m.weight.numel() for m in module.pruned())
-    return evaluate(module, *test), zeros / total
+    acc, module = fit_eval(LeNet5, lambda m, total: callbacks_for(method, m, sparsity, epochs, total),
+                           train, test, epochs, seed)
+    return acc, weight_sparsity([getattr(module.net, n).weight for n in PRUNED])
 
 
 def main():
-    p = parser(__doc__)
-    p.add_argument("--seeds", type=int, default=None)
-    args = p.parse_args()
-    quiet()
-    torch.set_num_threads(args.threads)
-    x, y = mnist_tensors(train=True)
-    test = mnist_tensors(train=False)
-    if args.quick:
-        x, y, epochs, seeds = x[:6000], y[:6000], 3, args.seeds or 1
-    else:
-        epochs, seeds = 3, args.seeds or 2
-    train = TensorDataset(x, y)
-    start = time.perf_counter()
+    args = parser(__doc__, seeds=True).parse_args()
+    start(args)
+    n_train, epochs, seeds = (6000, 3, args.seeds or 1) if args.quick else (60000, 3, args.seeds or 2)
+    train, test = mnist_split(n_train)
+    began = time.perf_counter()
     acc = {}
     real = {}
     for seed in range(seeds):
@@ -114,8 +81,8 @@ def main():
                 acc.setdefault((method, s), []).append(a)
                 real[(method, s)] = z
     dense = median(acc[("dense", 0.0)])
-    print(f"\nMNIST LeNet-5-Caffe, {len(y)} training images, {epochs} epochs, {seeds} seed(s), "
-          f"{args.threads} threads, {time.perf_counter() - start:.0f} s\n")
+    print(f"\nMNIST LeNet-5-Caffe, {n_train} training images, {epochs} epochs, {seeds} seed(s), "
+          f"{args.threads} threads, {time.perf_counter() - began:.0f} s\n")
     rows = [["dense", "0%", f"{dense:.2f}", "-", "-", "-"]]
     for s in LEVELS:
         ours, mp = median(acc[("ours", s)]), median(acc[("ModelPruning", s)])

@@ -100,8 +100,11 @@ class Elements(UnitLayout):
 
 @LAYOUTS.register("nm")
 @dataclass(frozen=True)
-class NM(UnitLayout):
-    """Keep ``n`` of every ``m`` consecutive weights along the input dimension (dim 1)."""
+class NM(Elements):
+    """Keep ``n`` of every ``m`` consecutive weights along the input dimension (dim 1).
+
+    Units are elements, as for :class:`Elements`; the pattern fixes how many stay.
+    """
 
     n: int = 2
     m: int = 4
@@ -120,18 +123,6 @@ class NM(UnitLayout):
             raise ValueError(
                 f"{self.n}:{self.m} sparsity on {target!r}: input dimension {shape[1]} is not divisible by M={self.m}"
             )
-
-    def num_units(self, shape: Shape) -> int:
-        return int(torch.Size(shape).numel())
-
-    def mask_shape(self, shape: Shape) -> Shape:
-        return tuple(shape)
-
-    def reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values.reshape(-1)
-
-    def expand(self, mask: torch.Tensor, shape: Shape) -> torch.Tensor:
-        return mask
 
     def fixed_keep(self, shape: Shape) -> int:
         return self.num_units(shape) // self.m * self.n

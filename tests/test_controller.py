@@ -6,17 +6,11 @@ from sparsity_core import Cubic, GlobalRank, Iterative, SparsityController, disc
 from sparsity_core.criteria import Criterion
 from sparsity_core.registry import UnknownNameError
 
+from .loops import train_steps
 
-def loop(model, opt, ctrl, steps, start=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for step in range(start, start + steps):
-        x = torch.randn(8, 1, 8, 8, generator=g)
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        ctrl.before_optimizer_step(opt)
-        opt.step()
-        ctrl.after_optimizer_step(step)
+
+def loop(model, opt, ctrl, steps, start=1):
+    train_steps(model, opt, ctrl, steps, (8, 1, 8, 8), start=start)
 
 
 def test_cubic_schedule_reaches_final_sparsity_at_update_steps(tiny_net):

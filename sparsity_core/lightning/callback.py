@@ -134,10 +134,9 @@ class SparsityCallback(pl.Callback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         ctrl = self._require()
         self._seen_step = max(self._seen_step, trainer.global_step)
-        if ctrl.update(trainer.global_step):
-            self._refresh_report()
-        elif ctrl.masks:  # resumed: make sure the weights obey the restored masks
-            ctrl.enforcement.apply_masks(ctrl, None)
+        # A resumed run restored weights and masks together from the checkpoint: nothing to
+        # re-apply (re-applying would shrink soft-shrinkage weights a second time).
+        if ctrl.update(trainer.global_step) or ctrl.masks:
             self._refresh_report()
 
     # -- per optimizer step ---------------------------------------------------------------

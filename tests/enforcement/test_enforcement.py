@@ -4,6 +4,8 @@ from torch import nn
 from sparsity_core import SparsityController, discover_targets
 from sparsity_core.enforcement import HardMask, StraightThrough
 
+from ..loops import train_steps
+
 
 def linear_ctrl(enforcement, sparsity=0.5, lr=0.1, opt_cls=torch.optim.SGD, **opt_kwargs):
     torch.manual_seed(0)
@@ -16,13 +18,7 @@ def linear_ctrl(enforcement, sparsity=0.5, lr=0.1, opt_cls=torch.optim.SGD, **op
 
 
 def train_step(model, opt, ctrl, step):
-    x = torch.randn(8, 4)
-    loss = model(x).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    ctrl.before_optimizer_step(opt)
-    opt.step()
-    ctrl.after_optimizer_step(step)
+    train_steps(model, opt, ctrl, 1, (8, 4), start=step, seed=step)
 
 
 def test_hard_zeroes_weights_grads_and_moments():

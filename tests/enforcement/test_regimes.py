@@ -8,6 +8,8 @@ from sparsity_core import (SRSTE, Constant, DecayingMask, PruneRegrow, SoftShrin
                            Target, discover_targets)
 from sparsity_core.layouts import NM
 
+from ..loops import train_steps
+
 
 def one_linear(weight, layout=None):
     lin = nn.Linear(len(weight[0]), len(weight), bias=False)
@@ -125,14 +127,7 @@ def dst_setup(regrow, redistribute=False, seed=0, every=2, sparsity=0.75):
 
 
 def run_steps(model, opt, ctrl, steps, start=1):
-    g = torch.Generator().manual_seed(start)
-    for step in range(start, start + steps):
-        loss = model(torch.randn(16, 8, generator=g)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        ctrl.before_optimizer_step(opt)
-        opt.step()
-        ctrl.after_optimizer_step(step)
+    train_steps(model, opt, ctrl, steps, (16, 8), start=start, seed=start)
 
 
 @pytest.mark.parametrize("regrow", ["random", "gradient", "hebbian"])
