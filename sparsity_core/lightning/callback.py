@@ -110,7 +110,12 @@ class SparsityCallback(pl.Callback):
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if stage != "fit" or self.controller is not None:
+        if stage != "fit":
+            return
+        if self.controller is not None:
+            if self.controller.model is not pl_module:
+                raise ValueError("this SparsityCallback already holds the masks of another LightningModule; "
+                                 "use one callback per model")
             return
         example = pl_module.example_input_array if self.measure == "macs" else None
         if self.measure == "macs" and example is None:
@@ -133,7 +138,7 @@ class SparsityCallback(pl.Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         ctrl = self._require()
-        self._seen_step = max(self._seen_step, trainer.global_step)
+        self._seen_step = trainer.global_step  # a new Trainer counts its steps from 0 again
         # A resumed run restored weights and masks together from the checkpoint: nothing to
         # re-apply (re-applying would shrink soft-shrinkage weights a second time).
         if ctrl.update(trainer.global_step) or ctrl.masks:

@@ -127,3 +127,14 @@ def test_resume_with_mismatched_targets_is_an_error(tmp_path):
     assert all(torch.equal(masks_before[k], v) for k, v in cb.controller.masks.state_dict().items())
     with pytest.raises(ValueError, match="not a SparsityCallback state"):
         cb.load_state_dict({"masks": {}})
+
+
+def test_a_callback_is_bound_to_one_model():
+    cb = SparsityCallback(0.5)
+    _, model = fit(cb, 2)
+    events = []
+    cb.controller.enforcement.after_optimizer_step = lambda ctrl: events.append(ctrl.step)
+    trainer(max_steps=4, callbacks=[cb]).fit(model, loader())  # continuing on the same model is fine
+    assert events == [1, 2, 3, 4]  # a new Trainer counts from step 0 again
+    with pytest.raises(ValueError, match="one callback per model"):
+        fit(cb, 2)
