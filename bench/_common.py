@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import warnings
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -46,6 +47,11 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def progress(message: str) -> None:
+    """One line per finished run, on stderr, so long benchmarks show they are alive."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def median(values: Iterable[float]) -> float:

@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from _common import mean_std, parser, result, start, table, target
+from _common import mean_std, parser, progress, result, start, table, target
 from _data import mnist_split
 from _train import fit_eval, weight_sparsity
 from sparsity_core import SRSTE, Constant, DecayingMask, SparsityCallback
@@ -45,7 +45,7 @@ def vit() -> nn.Module:
         img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
 
 
-MODELS = {"cnn": (cnn, None), "vit": (vit, "patch_embed")}
+MODELS = {"cnn": (cnn, r"^net\.0$"), "vit": (vit, "patch_embed")}  # first layers: 1 input channel
 
 
 def callbacks(method: str, pattern: str, exclude, total: int):
@@ -77,6 +77,7 @@ def main():
                     cb = next(c for c in module.trainer.callbacks if isinstance(c, SparsityCallback))
                     sp = weight_sparsity([t.param for t in cb.controller.targets])
                     acc.setdefault((model, pattern, method), []).append(a)
+                    progress(f"seed {seed} {model} {pattern} {method}: {a:.2f}%")
                     acc.setdefault(("sparsity", model, pattern, method), []).append(sp)
     mean, std = mean_std(acc)
     print(f"\nMNIST, {n_train} training images, {epochs} epochs, {seeds} seed(s), {args.threads} threads, "
@@ -95,8 +96,8 @@ def main():
 
     sr24, ste24 = pooled("2:4", "SR-STE"), pooled("2:4", "STE")
     pg18, sr18 = pooled("1:8", "progressive"), pooled("1:8", "SR-STE")
-    target("SR-STE >= STE at 2:4", sr24 >= ste24, f"{sr24:.2f} vs {ste24:.2f}", "SR-STE >= STE")
-    target("progressive >= SR-STE at 1:8", pg18 >= sr18, f"{pg18:.2f} vs {sr18:.2f}", "progressive >= SR-STE")
+    target("SR-STE >= STE at 2:4", sr24 >= ste24, f"SR-STE {sr24:.2f}%", f">= STE {ste24:.2f}%")
+    target("progressive >= SR-STE at 1:8", pg18 >= sr18, f"progressive {pg18:.2f}%", f">= SR-STE {sr18:.2f}%")
     values = {"seeds": seeds, "epochs": epochs}
     for model in MODELS:
         for pattern in PATTERNS:
