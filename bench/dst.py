@@ -48,7 +48,7 @@ def callbacks(method: str, sparsity: float, total: int, seed: int):
 def main():
     args = parser(__doc__, seeds=True).parse_args()
     start(args)
-    n_train, epochs, seeds = (8000, 3, args.seeds or 1) if args.quick else (60000, 5, args.seeds or 3)
+    n_train, epochs, seeds = (8000, 3, args.seeds or 1) if args.quick else (60000, 3, args.seeds or 2)
     train, test = mnist_split(n_train)
     began = time.perf_counter()
     acc, layer = {}, {}
