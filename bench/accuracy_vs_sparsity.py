@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelPruning
 from torch import nn

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torch import nn
 
 from _common import mean_std, parser, progress, result, start, table, target

@@ -21,7 +21,6 @@ from __future__ import annotations
 import time
 
 import timm
-import torch
 from torch import nn
 
 from _common import mean_std, parser, progress, result, start, table, target

@@ -11,7 +11,7 @@ an error.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, List, Optional, Sequence, Set, Union
+from typing import Any, Iterable, List, Sequence, Set, Union
 
 import torch
 from torch import nn

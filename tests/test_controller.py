@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from sparsity_core import Cubic, GlobalRank, Iterative, SparsityController, discover_targets
 from sparsity_core.criteria import Criterion

@@ -23,10 +23,9 @@ masks are broadcast.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Union
 
 import pytorch_lightning as pl
-import torch
 
 from ..allocators.base import Allocator
 from ..allocators.budget import MEASURES, check_sparsity
