@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..allocators.budget import check_sparsity
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Schedule:
     start_step: int = 0
     end_step: int = 0
@@ -40,7 +40,7 @@ class Schedule:
         return (step - self.start_step) % every == 0 or step == self.end_step
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Ramp(Schedule):
     """From ``initial`` (at and before ``start_step``) to ``final`` (at and after ``end_step``)."""
 

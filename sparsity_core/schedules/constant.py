@@ -9,7 +9,7 @@ from .base import Schedule
 
 
 @SCHEDULES.register("constant")
-@dataclass
+@dataclass(kw_only=True)
 class Constant(Schedule):
     """0 before ``start_step``, ``sparsity`` from it on. Masks are computed at ``start_step``
     and, when ``end_step > start_step``, recomputed every ``every`` steps until ``end_step``."""

@@ -18,7 +18,7 @@ from .base import Schedule
 
 
 @SCHEDULES.register("iterative")
-@dataclass
+@dataclass(kw_only=True)
 class Iterative(Schedule):
     final_sparsity: float = 0.9
     rounds: int = 5

@@ -17,21 +17,21 @@ from .base import Ramp, cosine_shape
 
 
 @SCHEDULES.register("linear")
-@dataclass
+@dataclass(kw_only=True)
 class Linear(Ramp):
     def shape(self, t: float) -> float:
         return t
 
 
 @SCHEDULES.register("cubic")
-@dataclass
+@dataclass(kw_only=True)
 class Cubic(Ramp):
     def shape(self, t: float) -> float:
         return 1.0 - (1.0 - t) ** 3
 
 
 @SCHEDULES.register("exponential")
-@dataclass
+@dataclass(kw_only=True)
 class Exponential(Ramp):
     def value(self, step: int) -> float:
         t = self.progress(step)
@@ -42,7 +42,7 @@ class Exponential(Ramp):
 
 
 @SCHEDULES.register("cosine")
-@dataclass
+@dataclass(kw_only=True)
 class Cosine(Ramp):
     def shape(self, t: float) -> float:
         return cosine_shape(t)

@@ -17,7 +17,7 @@ from .base import Schedule
 
 
 @SCHEDULES.register("stepwise_nm")
-@dataclass
+@dataclass(kw_only=True)
 class StepwiseNM(Schedule):
     m: int = 8
     n_stages: Tuple[int, ...] = field(default=(4, 2, 1))

@@ -65,3 +65,9 @@ def test_iterative_validation():
 def test_schedules_pickle():
     for s in (Cubic(end_step=10), Constant(sparsity=0.3), Iterative()):
         assert pickle.loads(pickle.dumps(s)) == s
+
+
+def test_schedules_take_keywords_only():
+    # Constant(0.5) would otherwise silently mean start_step=0.5
+    with pytest.raises(TypeError):
+        Constant(0.5)
