@@ -291,11 +291,7 @@ class SparsityController:
         if self.model is None or self.snapshot is None:
             raise ValueError("rewinding needs the controller's model= and a snapshot")
         self.model.load_state_dict(self.snapshot)
-        dense = getattr(self.enforcement, "dense", None)
-        if isinstance(dense, dict):
-            for t in self.targets:
-                if t.name in dense and t.param is not None:
-                    dense[t.name].copy_(t.param.data)
+        self.enforcement.weights_reset(self)
         for opt in self.optimizers:
             opt.state.clear()
 

@@ -128,3 +128,15 @@ def test_mask_change_fraction_recorded(tiny_net):
     for s in range(3):
         ctrl.update(s)
     assert "changed" not in ctrl.history[0] and 0 < ctrl.history[2]["changed"] < 1
+
+
+def test_rewind_under_ste_resets_the_dense_weights(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    sched = Iterative(final_sparsity=0.75, rounds=2, steps_per_round=2, rewind_step=1)
+    ctrl = SparsityController(discover_targets(tiny_net), sched, enforcement="ste", model=tiny_net,
+                              optimizers=[opt])
+    loop(tiny_net, opt, ctrl, 1)
+    snap = tiny_net.fc.weight.detach().clone()
+    loop(tiny_net, opt, ctrl, 3, start=2)  # step 2: round 1; step 4: round 2 rewinds with dense weights held
+    assert torch.equal(ctrl.enforcement.dense["fc.weight"], snap)
+    assert torch.equal(tiny_net.fc.weight.data, snap * ctrl.masks["fc.weight"])

@@ -19,8 +19,8 @@ class Movement(AccumulatingCriterion):
         return -target.layout.reduce_sum(grad.float() * weight.float())
 
     def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
-        # A sum, not a mean, as in the paper; accumulated() divides by the count, undo it.
-        return self.accumulated(target) * self._counts[target.name]
+        self.accumulated(target)  # raises when nothing was observed
+        return self._sums[target.name].clone()  # a sum over steps, as in the paper
 
     def __repr__(self) -> str:
         return "Movement()"

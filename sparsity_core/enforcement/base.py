@@ -80,6 +80,10 @@ class Enforcement:
     def finalize(self, ctrl: "SparsityController") -> None:
         pass
 
+    def weights_reset(self, ctrl: "SparsityController") -> None:
+        """The parameters were overwritten from outside (lottery-ticket rewinding): state
+        that shadows the weights must follow them."""
+
     def bind(self, ctrl: "SparsityController") -> None:
         """Called after state is loaded: move state to the parameters' devices."""
 

@@ -67,6 +67,12 @@ class StraightThrough(Enforcement):
             t.param.data.mul_(self.factor(ctrl, t))
         self.dense.clear()
 
+    @torch.no_grad()
+    def weights_reset(self, ctrl) -> None:
+        for t in weight_targets(ctrl):
+            if t.name in self.dense:
+                self.dense[t.name].copy_(t.param.data)
+
     def dense_weight(self, target: Target) -> torch.Tensor:
         if target.name in self.dense:
             return self.dense[target.name]
