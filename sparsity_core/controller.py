@@ -157,8 +157,8 @@ class SparsityController:
         if self.criterion.needs_gradients:
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
             ctx = self.context()
-            for t in self.targets:
-                if t.param is not None and id(t.param) in owned:
+            for t in self.targets:  # targets without a parameter (channel groups...) see every step
+                if t.param is None or id(t.param) in owned:
                     self.criterion.observe(t, ctx)
         if self.masks:
             self.enforcement.before_optimizer_step(self, optimizer)

@@ -116,18 +116,23 @@ class SparsityCallback(pl.Callback):
                 raise ValueError("this SparsityCallback already holds the masks of another LightningModule; "
                                  "use one callback per model")
             return
+        self.controller = self.build_controller(trainer, pl_module)
+        if self._pending_state is not None:
+            self._load(self._pending_state)
+            self._pending_state = None
+
+    def build_controller(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> SparsityController:
+        """Discover the targets of ``pl_module`` and build the controller (plugins override
+        this to discover other kinds of units)."""
         example = pl_module.example_input_array if self.measure == "macs" else None
         if self.measure == "macs" and example is None:
             raise ValueError("measure='macs' needs pl_module.example_input_array to count MACs")
         targets = discover_targets(pl_module, include=self.include, exclude=self.exclude,
                                    layout=self.layout, example_input=example)
-        self.controller = SparsityController(
+        return SparsityController(
             targets, schedule=self.schedule, criterion=self.criterion, allocator=self.allocator,
             enforcement=self.enforcement, update_every=self.update_every, measure=self.measure, model=pl_module,
         )
-        if self._pending_state is not None:
-            self._load(self._pending_state)
-            self._pending_state = None
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         ctrl = self._require()

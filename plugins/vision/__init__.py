@@ -1,0 +1,39 @@
+"""Vision plugin: channel and head pruning of timm CNNs and ViTs.
+
+Coupled channel groups come from Torch-Pruning's ``DependencyGraph`` and are core targets;
+masks train softly (:class:`ChannelPruning` callback) and end in physical removal with the
+optimizer carried along, an inference export (BatchNorm folding, fastest memory format) and
+a report of parameters, MACs and measured latency. Needs ``pip install 'sparsity-suite[vision]'``
+(timm, torch-pruning); they are imported when a function needs them.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "ChannelPruning": "callback",
+    "discover_channel_groups": "groups", "ChannelGroup": "groups", "ChannelGroups": "groups",
+    "GroupTraceError": "groups",
+    "GroupMask": "enforcement", "MaskSparsity": "enforcement", "GroupEnvelope": "enforcement",
+    "GroupMagnitude": "criteria", "BNScale": "criteria", "GroupTaylor": "criteria", "HeadSensitivity": "criteria",
+    "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
+    "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
+    "fold_batchnorm": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
+    "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
+}
+
+__all__ = sorted(_EXPORTS) + ["register"]
+
+
+def register() -> None:
+    """Entry point of the ``sparsity_suite.plugins`` group: registers the vision criteria
+    (``group_l1``, ``group_l2``, ``bn_scale``, ``group_taylor``, ``head_sensitivity``) and
+    enforcements (``group``, ``mask_sparsity``, ``group_envelope``)."""
+    import_module(f"{__name__}.criteria")
+    import_module(f"{__name__}.enforcement")
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

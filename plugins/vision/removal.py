@@ -1,0 +1,174 @@
+"""Physical removal of masked channel groups, with the optimizer carried along.
+
+Torch-Pruning replaces every parameter it touches by a new ``nn.Parameter``; an optimizer
+built before then keeps updating dead tensors (Torch-Pruning issues #63, #120, #140). We
+remove the groups with Torch-Pruning (each group regenerated just before it is pruned: groups
+built in advance go stale in models with concatenations), then swap the new parameters into
+the same optimizer ``param_groups`` in place (LR schedulers stay valid) and carry their
+per-entry state (Adam moments, SGD momentum) for the kept entries.
+
+Which entries were kept is read back exactly: before removal every touched parameter holds
+``arange(numel)`` in float64, Torch-Pruning slices those indices along with everything else,
+and the real values are then gathered with them.
+
+The kept channel indices of every group (in the numbering of the model before removal) form a
+:class:`PruningRecord`; records of successive removals compose into indices of the original
+dense model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ._deps import torch_pruning
+from .groups import ChannelGroup, ChannelGroups
+
+RECORD_ATTR = "_sparsity_pruning_record"
+
+
+@dataclass
+class PruningRecord:
+    """What a removal kept: per group, the kept root channel indices, and per parameter its
+    new shape. ``rounds`` counts the removals composed into it."""
+
+    kept: Dict[str, List[int]] = field(default_factory=dict)
+    heads: Dict[str, int] = field(default_factory=dict)  # attention module -> heads kept
+    shapes: Dict[str, List[int]] = field(default_factory=dict)
+    rounds: int = 1
+
+    def to_json(self) -> Dict[str, object]:
+        return {"kept": self.kept, "heads": self.heads, "shapes": self.shapes, "rounds": self.rounds}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> "PruningRecord":
+        return cls(kept={k: list(v) for k, v in data["kept"].items()}, heads=dict(data.get("heads", {})),
+                   shapes={k: list(v) for k, v in data.get("shapes", {}).items()}, rounds=int(data.get("rounds", 1)))
+
+    def compose(self, later: "PruningRecord") -> "PruningRecord":
+        """The record of this removal followed by ``later`` (indices stay in the original
+        numbering where a group kept its name)."""
+        kept = dict(self.kept)
+        for name, idx in later.kept.items():
+            kept[name] = [self.kept[name][i] for i in idx] if name in self.kept else list(idx)
+        return PruningRecord(kept, {**self.heads, **later.heads}, dict(later.shapes), self.rounds + later.rounds)
+
+
+def _root_channels(target: ChannelGroup, mask: torch.Tensor) -> List[int]:
+    """Root indices of the pruned units (each unit covers ``unit_size`` root channels)."""
+    pruned_units = torch.nonzero(~mask.cpu()).flatten()
+    idx = (pruned_units[:, None] * target.unit_size + torch.arange(target.unit_size)).flatten()
+    return idx.tolist()
+
+
+def check_removable(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` (before any change) if a mask would empty a group."""
+    for t in groups.targets:
+        if t.name not in masks:
+            continue
+        m = masks[t.name]
+        if tuple(m.shape) != (t.num_units,):
+            raise ValueError(f"mask for {t.name!r} has shape {tuple(m.shape)}, expected ({t.num_units},)")
+        if not bool(m.any()):
+            raise ValueError(f"mask for {t.name!r} removes every unit of the group; keep at least one")
+
+
+@torch.no_grad()
+def remove_channels(
+    groups: ChannelGroups,
+    masks: Mapping[str, torch.Tensor],
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+) -> PruningRecord:
+    """Remove the units each mask prunes from ``groups.model``, in place.
+
+    Returns the record of kept indices; optimizers are rebound (see the module docstring).
+    The model's outputs equal those of the masked model (masked LayerNorm hooks are the
+    caller's to remove).
+    """
+    tp = torch_pruning()
+    model, dg = groups.model, groups.graph
+    check_removable(groups, masks)
+    old_params = dict(model.named_parameters())
+    requires_grad = {n: p.requires_grad for n, p in old_params.items()}
+    values = {n: p.data for n, p in old_params.items()}
+    for p in old_params.values():
+        p.grad = None  # the step's gradients are consumed; the next backward refills them
+        p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).reshape(p.shape)
+    record = PruningRecord()
+    try:
+        for t in groups.targets:
+            if t.name not in masks:
+                continue
+            mask = masks[t.name]
+            pruned = _root_channels(t, mask)
+            keep = torch.nonzero(mask.cpu()).flatten()
+            record.kept[t.name] = (keep[:, None] * t.unit_size + torch.arange(t.unit_size)).flatten().tolist()
+            if not pruned:
+                continue
+            root = model.get_submodule(t.root_module)
+            fn = tp.prune_linear_in_channels if (not t.root_out and isinstance(root, nn.Linear)) else None
+            if fn is None:
+                fn = dg.get_pruner_of_module(root).prune_out_channels if t.root_out else \
+                    dg.get_pruner_of_module(root).prune_in_channels
+            group = dg.get_pruning_group(root, fn, pruned)
+            group.prune()
+    finally:  # every parameter now holds the float64 indices of the entries it kept
+        new_params = dict(model.named_parameters())
+        kept_index: Dict[str, torch.Tensor] = {}
+        for name, p in new_params.items():
+            idx = p.data.reshape(-1).long()
+            kept_index[name] = idx
+            p.data = values[name].reshape(-1)[idx.to(values[name].device)].reshape(p.shape)
+            p.requires_grad_(requires_grad[name])
+    for attn_name, head_target in groups.attention.items():
+        if head_target in masks:
+            _update_attention(model.get_submodule(attn_name), int(masks[head_target].sum()))
+            record.heads[attn_name] = int(masks[head_target].sum())
+    for opt in optimizers:
+        _rebind(opt, old_params, new_params, kept_index)
+    record.shapes = {n: list(p.shape) for n, p in new_params.items() if p.shape != values[n].shape}
+    previous = pruning_record(model)
+    if previous is not None:
+        record = previous.compose(record)
+    setattr(model, RECORD_ATTR, record.to_json())  # plain data: pickles without this library
+    return record
+
+
+def _update_attention(attn: nn.Module, heads: int) -> None:
+    """timm ``Attention`` keeps ``num_heads``/``attn_dim`` as attributes: follow the removal."""
+    attn.num_heads = heads
+    if hasattr(attn, "attn_dim"):
+        attn.attn_dim = heads * attn.head_dim
+    if attn.qkv.out_features != 3 * heads * attn.head_dim:
+        raise RuntimeError(f"attention {attn}: qkv has {attn.qkv.out_features} outputs after removal, "
+                           f"expected {3 * heads * attn.head_dim}")
+
+
+def _rebind(opt: torch.optim.Optimizer, old: Dict[str, nn.Parameter], new: Dict[str, nn.Parameter],
+            kept_index: Dict[str, torch.Tensor]) -> None:
+    by_id = {id(p): n for n, p in old.items()}
+    for group in opt.param_groups:
+        for i, p in enumerate(group["params"]):
+            name = by_id.get(id(p))
+            if name is None or new[name] is p:
+                continue
+            q = new[name]
+            state = opt.state.pop(p, None)
+            if state is not None:
+                carried = {}
+                for k, v in state.items():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                        carried[k] = v.reshape(-1)[kept_index[name].to(v.device)].reshape(q.shape).clone()
+                    else:
+                        carried[k] = copy.deepcopy(v)
+                opt.state[q] = carried
+            group["params"][i] = q
+
+
+def pruning_record(model: nn.Module) -> Optional[PruningRecord]:
+    """The record left on ``model`` by :func:`remove_channels` (``None`` if never pruned)."""
+    rec = getattr(model, RECORD_ATTR, None)
+    return PruningRecord.from_json(rec) if isinstance(rec, dict) else None

@@ -1,0 +1,48 @@
+"""Export: BatchNorm folding is exact; saved files reload (the state dict with weights_only)."""
+import json
+
+import torch
+
+from sparsity_plugins.vision import fold_batchnorm, optimize_for_inference, save_pruned
+from sparsity_plugins.vision.removal import remove_channels
+
+from .models import example, randomize_norms, tiny
+from .test_groups_removal import build
+
+
+def test_fold_batchnorm_is_numerically_equal():
+    model = tiny("resnet")
+    randomize_norms(model)
+    model.eval()
+    x = example(2)
+    with torch.no_grad():
+        ref = model(x)
+    n = fold_batchnorm(model, x)
+    assert n == sum(1 for m in tiny("resnet").modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def test_optimized_pruned_model_matches_and_reloads(tmp_path):
+    model, groups, ctrl, opt = build("resnet")
+    record = remove_channels(groups, ctrl.masks, [opt])
+    model.eval()
+    x = example(2)
+    with torch.no_grad():
+        ref = model(x)
+    fast, info = optimize_for_inference(model, x)
+    assert info["memory_format"] in ("channels_last", "contiguous") and info["batchnorms_folded"] > 0
+    fmt = torch.channels_last if info["memory_format"] == "channels_last" else torch.contiguous_format
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=fmt)), ref, atol=1e-5)
+    save_pruned(model, tmp_path, info)
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert not hasattr(loaded, "_sparsity_pruning_record")
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), ref, atol=1e-6)
+    state = torch.load(tmp_path / "state_dict.pt", weights_only=True)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    meta = json.loads((tmp_path / "pruning.json").read_text())
+    assert meta["record"]["kept"] == record.kept
+    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
