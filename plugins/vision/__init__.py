@@ -18,8 +18,8 @@ _EXPORTS = {
     "GroupMagnitude": "criteria", "BNScale": "criteria", "GroupTaylor": "criteria", "HeadSensitivity": "criteria",
     "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
     "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
-    "fold_batchnorm": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
-    "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
+    "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
+    "prune_channels": "oneshot", "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]

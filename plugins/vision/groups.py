@@ -58,6 +58,12 @@ class ChannelGroup(Target):
     kind: str = "channel"
     norms: Tuple[Tuple[str, int], ...] = ()  # (LayerNorm-like module, its channel dim)
     tensors: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # shared name -> tensor
+    root_units: Optional[torch.Tensor] = field(default=None, repr=False)  # root channel -> its unit
+
+    def root_channels(self, mask: torch.Tensor, kept: bool) -> List[int]:
+        """Root channels of the kept (or pruned) units, in the root module's numbering."""
+        sel = mask.cpu()[self.root_units]
+        return torch.nonzero(sel if kept else ~sel).flatten().tolist()
 
     def tensor(self, slc: TensorSlice) -> torch.Tensor:
         return self.tensors[slc.tensor]
@@ -142,7 +148,7 @@ def _trace(model: nn.Module, example_inputs, ignored: Sequence[nn.Module]):
     return dg
 
 
-def _slices_of_item(dg, dep, idxs, root_idxs, unit_size: int, names: Dict[nn.Module, str],
+def _slices_of_item(dg, dep, idxs, root_idxs, unit_of_root: torch.Tensor, names: Dict[nn.Module, str],
                     norms: List[Tuple[str, int]]) -> Optional[List[TensorSlice]]:
     """Tensor slices one group item touches; ``None`` if the op cannot be soft-masked."""
     tp = torch_pruning()
@@ -150,7 +156,7 @@ def _slices_of_item(dg, dep, idxs, root_idxs, unit_size: int, names: Dict[nn.Mod
     node = dep.target
     kind, module = node.type, node.module
     idx = torch.as_tensor(list(idxs), dtype=torch.long)
-    unit = torch.as_tensor(list(root_idxs), dtype=torch.long) // unit_size
+    unit = unit_of_root[torch.as_tensor(list(root_idxs), dtype=torch.long)]
     out = dg.is_out_channel_pruning_fn(dep.handler)
 
     def sl(attr: str, dim: int, param: bool = True) -> Optional[TensorSlice]:
@@ -192,24 +198,72 @@ def _slices_of_item(dg, dep, idxs, root_idxs, unit_size: int, names: Dict[nn.Mod
     return [s for s in found if s is not None]
 
 
+def _tied_units(dg, items, num_root: int, unit_size: int) -> torch.Tensor:
+    """Unit of every root channel: root channels that must go together share a unit.
+
+    Tied are: the ``unit_size`` channels of one attention head; root channels that reach the
+    same position of one tensor (a channel concatenated with a copy of itself, as in
+    GhostNet); and, for grouped (not depthwise) convolutions, channel ``c`` of every
+    convolution group, because a grouped convolution can only lose the same channels in
+    each of its groups. Units are numbered by their smallest root channel.
+    """
+    T = torch_pruning().ops.OPTYPE
+    parent = list(range(num_root))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for r in range(num_root):
+        union(r, r - r % unit_size)
+    first: Dict[Tuple[int, bool, int], int] = {}  # (module, output side, position) -> a root reaching it
+    for item in items:
+        module, period = item.dep.target.module, 0
+        out = dg.is_out_channel_pruning_fn(item.dep.handler)
+        if item.dep.target.type == T.CONV and module.groups > 1:
+            period = (module.out_channels if out else module.in_channels) // module.groups
+        for i, r in zip(item.idxs, item.root_idxs):
+            key = (id(module), out, i % period if period else i)
+            if key in first:
+                union(r, first[key])
+            else:
+                first[key] = r
+    roots = [find(r) for r in range(num_root)]
+    order = {root: k for k, root in enumerate(sorted(set(roots)))}
+    return torch.tensor([order[r] for r in roots], dtype=torch.long)
+
+
 def _group_to_target(dg, group, name: str, root: str, root_out: bool, unit_size: int, kind: str,
                      names: Dict[nn.Module, str], macs: Dict[str, float], params: Dict[str, torch.Tensor]
                      ) -> Tuple[Optional[ChannelGroup], str]:
+    items = list(group)
+    roots = [r for item in items for r in item.root_idxs]
+    if not roots:
+        return None, "touches no tensor"
+    unit_of_root = _tied_units(dg, items, max(roots) + 1, unit_size)
     slices: List[TensorSlice] = []
     norms: List[Tuple[str, int]] = []
-    num_root = 0
-    for item in group:
-        dep, idxs = item.dep, item.idxs
-        got = _slices_of_item(dg, dep, idxs, item.root_idxs, unit_size, names, norms)
+    for item in items:
+        dep = item.dep
+        got = _slices_of_item(dg, dep, item.idxs, item.root_idxs, unit_of_root, names, norms)
         if got is None:
             mod = names.get(dep.target.module, dep.target.name) if not isinstance(dep.target.module, nn.Parameter) else dep.target.name
             return None, f"{type(dep.target.module).__name__} {mod!r} cannot be soft-masked"
         slices.extend(got)
-        if item.root_idxs:
-            num_root = max(num_root, max(item.root_idxs) + 1)
     if not slices:
         return None, "touches no tensor"
-    units = num_root // unit_size
+    for s in slices:
+        t = params.get(s.tensor)
+        if t is not None and s.index.numel() and int(s.index.max()) >= t.shape[s.dim]:
+            return None, f"Torch-Pruning maps channels beyond {s.tensor!r} (an unsupported coupling)"
+    units = int(unit_of_root.max()) + 1
     if units < 2:
         return None, "fewer than 2 units"
     p_unit, m_unit = _unit_costs(slices, units, macs, params)
@@ -217,7 +271,7 @@ def _group_to_target(dg, group, name: str, root: str, root_out: bool, unit_size:
     target = ChannelGroup(
         name=name, shape=(units,), module_name=module_name, params_per_unit=p_unit, macs_per_unit=m_unit,
         slices=tuple(slices), root_module=root, root_out=root_out, unit_size=unit_size, kind=kind,
-        norms=tuple(dict.fromkeys(norms)), tensors=params,
+        norms=tuple(dict.fromkeys(norms)), tensors=params, root_units=unit_of_root,
     )
     return target, ""
 

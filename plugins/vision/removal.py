@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._deps import torch_pruning
-from .groups import ChannelGroup, ChannelGroups
+from .groups import ChannelGroups
 
 RECORD_ATTR = "_sparsity_pruning_record"
 
@@ -57,15 +57,21 @@ class PruningRecord:
         return PruningRecord(kept, {**self.heads, **later.heads}, dict(later.shapes), self.rounds + later.rounds)
 
 
-def _root_channels(target: ChannelGroup, mask: torch.Tensor) -> List[int]:
-    """Root indices of the pruned units (each unit covers ``unit_size`` root channels)."""
-    pruned_units = torch.nonzero(~mask.cpu()).flatten()
-    idx = (pruned_units[:, None] * target.unit_size + torch.arange(target.unit_size)).flatten()
-    return idx.tolist()
+def _pruning_group(groups: ChannelGroups, target, pruned: List[int]):
+    """Torch-Pruning's group removing root channels ``pruned`` of ``target``."""
+    tp = torch_pruning()
+    dg, root = groups.graph, groups.model.get_submodule(target.root_module)
+    if not target.root_out and isinstance(root, nn.Linear):
+        fn = tp.prune_linear_in_channels
+    else:
+        pruner = dg.get_pruner_of_module(root)
+        fn = pruner.prune_out_channels if target.root_out else pruner.prune_in_channels
+    return dg.get_pruning_group(root, fn, pruned)
 
 
 def check_removable(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> None:
-    """Raise ``ValueError`` (before any change) if a mask would empty a group."""
+    """Raise ``ValueError`` (before any change) if a mask would empty a group or, through a
+    coupling Torch-Pruning resolves differently from the group's units, a layer."""
     for t in groups.targets:
         if t.name not in masks:
             continue
@@ -74,6 +80,11 @@ def check_removable(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) ->
             raise ValueError(f"mask for {t.name!r} has shape {tuple(m.shape)}, expected ({t.num_units},)")
         if not bool(m.any()):
             raise ValueError(f"mask for {t.name!r} removes every unit of the group; keep at least one")
+        pruned = t.root_channels(m, kept=False)
+        if pruned and not groups.graph.check_pruning_group(_pruning_group(groups, t, pruned)):
+            raise ValueError(f"removing the masked units of {t.name!r} would empty a coupled layer (a self-coupled "
+                             "group, e.g. a channel concatenated with a copy of itself); keep more units or ignore "
+                             "the group's modules")
 
 
 @torch.no_grad()
@@ -88,8 +99,7 @@ def remove_channels(
     The model's outputs equal those of the masked model (masked LayerNorm hooks are the
     caller's to remove).
     """
-    tp = torch_pruning()
-    model, dg = groups.model, groups.graph
+    model = groups.model
     check_removable(groups, masks)
     old_params = dict(model.named_parameters())
     requires_grad = {n: p.requires_grad for n, p in old_params.items()}
@@ -103,18 +113,11 @@ def remove_channels(
             if t.name not in masks:
                 continue
             mask = masks[t.name]
-            pruned = _root_channels(t, mask)
-            keep = torch.nonzero(mask.cpu()).flatten()
-            record.kept[t.name] = (keep[:, None] * t.unit_size + torch.arange(t.unit_size)).flatten().tolist()
+            pruned = t.root_channels(mask, kept=False)
+            record.kept[t.name] = t.root_channels(mask, kept=True)
             if not pruned:
                 continue
-            root = model.get_submodule(t.root_module)
-            fn = tp.prune_linear_in_channels if (not t.root_out and isinstance(root, nn.Linear)) else None
-            if fn is None:
-                fn = dg.get_pruner_of_module(root).prune_out_channels if t.root_out else \
-                    dg.get_pruner_of_module(root).prune_in_channels
-            group = dg.get_pruning_group(root, fn, pruned)
-            group.prune()
+            _pruning_group(groups, t, pruned).prune()
     finally:  # every parameter now holds the float64 indices of the entries it kept
         new_params = dict(model.named_parameters())
         kept_index: Dict[str, torch.Tensor] = {}

@@ -175,3 +175,13 @@ def test_untraceable_model_names_the_module_and_changes_nothing():
         discover_channel_groups(model, torch.randn(1, 3, 8, 8))
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert model.training
+
+
+def test_ignored_modules_and_the_classifier_keep_their_outputs():
+    model = tiny("resnet")
+    groups = discover_channel_groups(model, example(), ignore=[r"^layer4\."])
+    out_slices = {(s.tensor, s.dim) for t in groups.targets for s in t.slices}
+    assert not any(name.startswith("layer4.") and dim == 0 and name.endswith("conv2.weight")
+                   for name, dim in out_slices)
+    assert ("fc.weight", 0) not in out_slices and ("fc.bias", 0) not in out_slices
+    assert any(name.startswith("layer3.") for name, _ in out_slices)  # the rest is still pruned
