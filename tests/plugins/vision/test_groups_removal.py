@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from sparsity_core.controller import SparsityController
+from sparsity_core.masks import MaskSet
 from sparsity_plugins.vision import (GroupMask, GroupTraceError, channel_budget, discover_channel_groups,
                                      pruning_record, remove_channels)
 from sparsity_plugins.vision.enforcement import masked_layer_norm
@@ -185,3 +186,35 @@ def test_ignored_modules_and_the_classifier_keep_their_outputs():
                    for name, dim in out_slices)
     assert ("fc.weight", 0) not in out_slices and ("fc.bias", 0) not in out_slices
     assert any(name.startswith("layer3.") for name, _ in out_slices)  # the rest is still pruned
+
+
+class GroupedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1, groups=2)  # 4 input channels per group
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
+
+
+def test_grouped_convolution_ties_channel_c_of_every_group():
+    torch.manual_seed(0)
+    model = GroupedNet()
+    groups = discover_channel_groups(model, torch.randn(1, 3, 4, 4))
+    g1 = groups.target("conv1:out")
+    assert g1.num_units == 4 and g1.root_units.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    g2 = groups.target("conv2:out")  # 3 outputs per group: tied the same way
+    assert g2.root_units.tolist() == [0, 1, 2, 0, 1, 2]
+    x = torch.randn(2, 3, 4, 4)
+    masks = {g1.name: torch.tensor([True, False, True, False]), g2.name: torch.tensor([True, True, False])}
+    ctrl = SparsityController(groups.targets, schedule=0.0, allocator=channel_budget("uniform", groups, round_to=1),
+                              enforcement=GroupMask(), model=model)
+    ctrl.replace_masks(MaskSet(masks), step=0)
+    with torch.no_grad():
+        masked = model(x)
+    remove_channels(groups, masks)
+    assert model.conv1.out_channels == 4 and model.conv2.weight.shape == (4, 2, 3, 3)
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked, atol=1e-6)
