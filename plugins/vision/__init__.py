@@ -19,7 +19,8 @@ _EXPORTS = {
     "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
     "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
     "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
-    "prune_channels": "oneshot", "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
+    "prune_channels": "oneshot", "SparseWide": "sparse_ift", "IsoFlopAllocator": "sparse_ift",
+    "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]
@@ -28,9 +29,11 @@ __all__ = sorted(_EXPORTS) + ["register"]
 def register() -> None:
     """Entry point of the ``sparsity_suite.plugins`` group: registers the vision criteria
     (``group_l1``, ``group_l2``, ``bn_scale``, ``group_taylor``, ``head_sensitivity``) and
-    enforcements (``group``, ``mask_sparsity``, ``group_envelope``)."""
+    enforcements (``group``, ``mask_sparsity``, ``group_envelope``) and the ``iso_flop``
+    allocator of Sparse-IFT."""
     import_module(f"{__name__}.criteria")
     import_module(f"{__name__}.enforcement")
+    import_module(f"{__name__}.sparse_ift")
 
 
 def __getattr__(name: str):
