@@ -20,7 +20,7 @@ $(VENV)/.installed:
 	$(MAKE) venv
 
 demo: $(VENV)/.installed
-	$(PY) recipes/quickstart_digits.py
+	$(PY) recipes/vision_channel_pruning.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -51,3 +51,19 @@ def test_tiny_run_on_digits_writes_report_and_a_loadable_pruned_model(recipe, tm
     assert meta["record"]["kept"] and meta["parameters"] == sum(p.numel() for p in model.parameters())
     assert (tmp_path / "config.yaml").exists()
     assert "summary: test accuracy" in capsys.readouterr().out
+
+
+def test_vit_loses_heads_and_mlp_channels(recipe, tmp_path):
+    report = recipe.main(["--model.model_name", "vit_tiny_patch16_224", "--model.model_kwargs", '{"depth": 2}',
+                          "--data.train_subset", "32", "--data.test_subset", "16", "--data.batch_size", "16",
+                          "--pruning.dense_epochs", "0", "--pruning.prune_epochs", "1", "--pruning.finetune_epochs",
+                          "0", "--pruning.verbose", "false", "--report.batches", "[1]",
+                          "--threads", str(torch.get_num_threads()), "--output", str(tmp_path)])
+    assert report["macs"]["ratio"] > 1.5
+    record = json.loads((tmp_path / "model" / "pruning.json").read_text())["record"]
+    assert set(record["heads"]) == {"net.blocks.0.attn", "net.blocks.1.attn"}
+    assert sum(record["heads"].values()) < 2 * 3  # vit_tiny has 3 heads per block
+    assert any(k.endswith("mlp.fc1:out") for k in record["kept"])
+    model = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
