@@ -131,6 +131,17 @@ class ChannelPruning(SparsityCallback):
         self._refresh_report()
         return self.record
 
+    def sparsity_report(self) -> Dict[str, float]:
+        """Per-group sparsity, and ``global`` = the exact fraction of the budget's measure
+        removed (parameters or MACs from the cost model, not a first-order sum)."""
+        report = super().sparsity_report()
+        ctrl = self._require()
+        cost = getattr(ctrl.allocator, "cost_model", None)
+        if cost is not None and ctrl.masks:
+            measure = self.measure if self.measure != "units" else "params"
+            report["global"] = 1.0 - cost.cost_of_masks(ctrl.masks)[measure] / cost.dense[measure]
+        return report
+
     def floored_groups(self) -> list:
         """Groups whose kept count was raised to the allocator's floor at the last update."""
         alloc = self._require().allocator

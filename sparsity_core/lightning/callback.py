@@ -176,7 +176,7 @@ class SparsityCallback(pl.Callback):
 
     # -- logging --------------------------------------------------------------------------
     def _refresh_report(self) -> None:
-        self._report = self._require().report()
+        self._report = self.sparsity_report()
 
     def _log(self, pl_module: "pl.LightningModule") -> None:
         if not self._report:

@@ -24,6 +24,7 @@ def test_fit_prunes_removes_and_keeps_training_on_the_smaller_model():
     assert cb.controller.finalized and cb.record is not None
     params = sum(p.numel() for p in module.parameters())
     assert 0.45 <= params / dense <= 0.51
+    assert cb.sparsity_report()["global"] == pytest.approx(1 - params / dense, abs=1e-6)  # exact, not first-order
     owned = {id(p) for g in tr.optimizers[0].param_groups for p in g["params"]}
     assert all(id(p) in owned for p in module.parameters())
     assert pruning_record(module) is not None
