@@ -126,8 +126,13 @@ class ChannelPruning(SparsityCallback):
             raise RuntimeError("no masks yet: nothing to remove (the schedule has not started)")
         optimizers = trainer.optimizers if trainer is not None else ctrl.optimizers
         ctrl.finalize()  # zero every pruned slice (and its optimizer state)
-        self.record = remove_channels(self.groups, ctrl.masks, optimizers)
         self.enforcement.remove_hooks()
+        try:
+            self.record = remove_channels(self.groups, ctrl.masks, optimizers)
+        except ValueError:  # the model is unchanged: the masks go on acting
+            ctrl.finalized = False
+            self.enforcement.bind(ctrl)
+            raise
         self._refresh_report()
         return self.record
 

@@ -89,6 +89,10 @@ class GroupMask(Enforcement):
         self.bind(ctrl)
 
     def bind(self, ctrl) -> None:
+        if ctrl.finalized:  # the channels are gone: the slices no longer describe the tensors
+            self.remove_hooks()
+            self._keep = {}
+            return
         self._tensors = {}
         for t in ctrl.targets:
             for s in t.slices:

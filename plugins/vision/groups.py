@@ -104,6 +104,7 @@ class ChannelGroups:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     attention: Dict[str, str] = field(default_factory=dict)  # attention module -> head target
     module_macs: Dict[str, float] = field(default_factory=dict)  # conv/linear MACs per sample
+    example: object = None  # the inputs the model was traced with
 
     def target(self, name: str) -> ChannelGroup:
         for t in self.targets:
@@ -400,4 +401,4 @@ def discover_channel_groups(
         raise ValueError(f"no prunable channel group found in {type(model).__name__} "
                          f"(skipped: {skipped[:5]}); check ignore=")
     return ChannelGroups(model=model, graph=dg, targets=targets, skipped=skipped, attention=attn_targets,
-                         module_macs=macs)
+                         module_macs=macs, example=example_inputs)

@@ -19,7 +19,7 @@ from sparsity_core.criteria.base import Criterion
 
 from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import channel_budget
-from .enforcement import GroupMask
+from .enforcement import MaskSparsity
 from .groups import discover_channel_groups
 from .removal import PruningRecord, remove_channels
 
@@ -34,9 +34,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, sparsity: float, mea
                                      prune_embed_dim=prune_embed_dim)
     ctrl = SparsityController(groups.targets, schedule=float(sparsity), criterion=criterion,
                               allocator=channel_budget(allocator, groups, round_to=round_to),
-                              enforcement=GroupMask(), measure=measure, model=model)
+                              enforcement=MaskSparsity(), measure=measure, model=model)  # masks only: zeroes nothing
     ctrl.update(0, force=True)
-    ctrl.finalize()
-    record = remove_channels(groups, ctrl.masks)
     ctrl.enforcement.remove_hooks()
-    return record
+    return remove_channels(groups, ctrl.masks)  # raises with the model unchanged if removal fails

@@ -96,14 +96,16 @@ def remove_channels(
     """Remove the units each mask prunes from ``groups.model``, in place.
 
     Returns the record of kept indices; optimizers are rebound (see the module docstring).
-    The model's outputs equal those of the masked model (masked LayerNorm hooks are the
-    caller's to remove).
+    The model's outputs equal those of the masked model; remove the masked-LayerNorm hooks
+    of :class:`~sparsity_plugins.vision.GroupMask` first. The pruned model is run once on the example the groups were traced
+    with; if that fails the model is restored and ``ValueError`` raised.
     """
     model = groups.model
     check_removable(groups, masks)
     old_params = dict(model.named_parameters())
     requires_grad = {n: p.requires_grad for n, p in old_params.items()}
     values = {n: p.data for n, p in old_params.items()}
+    backup = copy.deepcopy(model) if groups.example is not None else None
     for p in old_params.values():
         p.grad = None  # the step's gradients are consumed; the next backward refills them
         p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).reshape(p.shape)
@@ -130,6 +132,8 @@ def remove_channels(
         if head_target in masks:
             _update_attention(model.get_submodule(attn_name), int(masks[head_target].sum()))
             record.heads[attn_name] = int(masks[head_target].sum())
+    if backup is not None:
+        _verify_or_restore(model, groups.example, backup, old_params, values)
     for opt in optimizers:
         _rebind(opt, old_params, new_params, kept_index)
     record.shapes = {n: list(p.shape) for n, p in new_params.items() if p.shape != values[n].shape}
@@ -138,6 +142,32 @@ def remove_channels(
         record = previous.compose(record)
     setattr(model, RECORD_ATTR, record.to_json())  # plain data: pickles without this library
     return record
+
+
+def _verify_or_restore(model: nn.Module, example, backup: nn.Module, old_params: Dict[str, nn.Parameter],
+                       values: Dict[str, torch.Tensor]) -> None:
+    """Run the pruned model once; if it fails (a coupling Torch-Pruning resolved
+    inconsistently), put the model back exactly as it was (same parameter objects, so
+    optimizers and hooks stay valid) and raise ``ValueError``."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(*example) if isinstance(example, (tuple, list)) else model(example)
+        model.train(was_training)
+        return
+    except Exception as err:  # noqa: BLE001 - any failure means the removal is unusable
+        failure = err
+    model.__dict__.update(backup.__dict__)
+    for name, p in old_params.items():
+        p.data = values[name]
+        parent, _, leaf = name.rpartition(".")
+        (model.get_submodule(parent) if parent else model)._parameters[leaf] = p
+    model.train(was_training)
+    raise ValueError(
+        f"removing the masked channels breaks {type(model).__name__} (forward failed: {type(failure).__name__}: "
+        f"{str(failure)[:200]}); Torch-Pruning cannot resolve one of its couplings consistently. The model is "
+        "unchanged; ignore the modules involved (ignore=[...]) or use element sparsity"
+    ) from failure
 
 
 def _update_attention(attn: nn.Module, heads: int) -> None:

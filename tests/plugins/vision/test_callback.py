@@ -28,8 +28,9 @@ def test_fit_prunes_removes_and_keeps_training_on_the_smaller_model():
     owned = {id(p) for g in tr.optimizers[0].param_groups for p in g["params"]}
     assert all(id(p) in owned for p in module.parameters())
     assert pruning_record(module) is not None
-    tr2 = trainer(max_steps=2)  # a later fit trains the pruned model as it is
-    tr2.fit(module, image_loader())
+    trainer(max_steps=2).fit(module, image_loader())  # a later fit trains the pruned model as it is
+    trainer(max_steps=2, callbacks=[cb]).fit(module, image_loader())  # also with the same (finished) callback
+    assert sum(p.numel() for p in module.parameters()) == params
 
 
 def test_mid_training_removal_rebinds_the_trainer_optimizer():
