@@ -1,0 +1,174 @@
+"""TEDDY edge sparsification (Seo et al., 2024, "TEDDY: Trimming Edges with Degree-based
+Discrimination strategY").
+
+One-shot and training-free: an edge between low-degree nodes carries more information
+than one between hubs. With ``d_i`` the degree of node ``i`` (self-loops not counted) and
+
+    ḡ_i = (1/d_i) · Σ_{k ∈ N(i)} d_k^{-1/2}
+
+the score of edge (i, j) is ``(ḡ_i / d_i) · (ḡ_j / d_j)``; the lowest-scored edges are
+removed. Self-loops are never removed. On an undirected graph both directions of an edge
+share one score and are kept or removed together. For a bipartite edge type of a
+``HeteroData`` the source and destination degrees are counted on their own node sets.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ._deps import require
+
+BaseTransform = require("torch_geometric.transforms").BaseTransform
+is_undirected = require("torch_geometric.utils").is_undirected
+HeteroData = require("torch_geometric.data").HeteroData
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]], what: str = "edge_index") -> None:
+    """Raise ``ValueError`` unless ``edge_index`` is a long ``[2, E]`` tensor, ``E > 0``,
+    with node ids inside ``num_nodes`` (an int, or ``(num_src, num_dst)``)."""
+    if not isinstance(edge_index, Tensor):
+        raise ValueError(f"{what} must be a tensor, got {type(edge_index).__name__}")
+    if edge_index.dtype != torch.long:
+        raise ValueError(f"{what} must have dtype torch.long, got {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"{what} must have shape [2, num_edges], got {list(edge_index.shape)}")
+    if edge_index.size(1) == 0:
+        raise ValueError(f"{what} is empty: nothing to sparsify")
+    n_src, n_dst = (num_nodes, num_nodes) if isinstance(num_nodes, int) else num_nodes
+    if n_src <= 0 or n_dst <= 0:
+        raise ValueError(f"num_nodes must be positive, got {num_nodes}")
+    lo = int(edge_index.min())
+    hi_src, hi_dst = int(edge_index[0].max()), int(edge_index[1].max())
+    if lo < 0 or hi_src >= n_src or hi_dst >= n_dst:
+        raise ValueError(f"{what} has node ids outside [0, {num_nodes}): min {lo}, max ({hi_src}, {hi_dst})")
+
+
+def check_keep_ratio(keep_ratio: float) -> float:
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    return float(keep_ratio)
+
+
+def teddy_edge_scores(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int], None] = None) -> Tensor:
+    """TEDDY score of every edge (``+inf`` for self-loops, which are always kept).
+
+    ``num_nodes`` is an int for a graph on one node set, ``(num_src, num_dst)`` for a
+    bipartite one (degrees then counted per side); by default ``max id + 1``.
+    """
+    if num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+    check_edge_index(edge_index, num_nodes)
+    bipartite = not isinstance(num_nodes, int)
+    n_src, n_dst = num_nodes if bipartite else (num_nodes, num_nodes)
+    src, dst = edge_index
+    loop = (src == dst) if not bipartite else torch.zeros_like(src, dtype=torch.bool)
+    s, t = src[~loop], dst[~loop]
+    ones = torch.ones(s.numel(), dtype=torch.float64)
+    if bipartite:
+        d_src = torch.zeros(n_src, dtype=torch.float64).index_add_(0, s, ones)
+        d_dst = torch.zeros(n_dst, dtype=torch.float64).index_add_(0, t, ones)
+    else:  # one node set: a node's neighbours on either side of its edges
+        d_src = torch.zeros(n_src, dtype=torch.float64).index_add_(0, s, ones)
+        d_dst = d_src
+    inv_sqrt_src = d_src.clamp_min(1).rsqrt()
+    inv_sqrt_dst = d_dst.clamp_min(1).rsqrt()
+    # ḡ_i = mean over the neighbours of i of d^{-1/2}
+    g_src = torch.zeros(n_src, dtype=torch.float64).index_add_(0, s, inv_sqrt_dst[t]) / d_src.clamp_min(1)
+    g_dst = torch.zeros(n_dst, dtype=torch.float64).index_add_(0, t, inv_sqrt_src[s]) / d_dst.clamp_min(1)
+    if not bipartite:
+        g_src = g_dst = g_src
+    score = torch.full((edge_index.size(1),), math.inf, dtype=torch.float64)
+    score[~loop] = (g_src[s] / d_src[s].clamp_min(1)) * (g_dst[t] / d_dst[t].clamp_min(1))
+    return score
+
+
+def _undirected_key(edge_index: Tensor, num_nodes: int) -> Tensor:
+    lo, hi = torch.minimum(edge_index[0], edge_index[1]), torch.maximum(edge_index[0], edge_index[1])
+    return lo * num_nodes + hi
+
+
+def teddy_mask(edge_index: Tensor, keep_ratio: float, num_nodes: Union[int, Tuple[int, int], None] = None,
+               undirected: bool = False) -> Tensor:
+    """Boolean mask over edges keeping ``ceil(keep_ratio · E)`` non-self-loop edges with the
+    highest TEDDY scores, and every self-loop. With ``undirected=True`` the budget counts
+    undirected edges, both directions share their fate, and a directed ``edge_index``
+    raises ``ValueError``. Ties are broken by edge order."""
+    keep_ratio = check_keep_ratio(keep_ratio)
+    if num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+    scores = teddy_edge_scores(edge_index, num_nodes)
+    loop = torch.isinf(scores)
+    if undirected:
+        if not isinstance(num_nodes, int):
+            raise ValueError("undirected=True needs one node set (num_nodes an int)")
+        if not is_undirected(edge_index, num_nodes=num_nodes):
+            raise ValueError("edge_index is directed but undirected=True: every edge (i, j) needs its (j, i); "
+                             "use torch_geometric.utils.to_undirected or undirected=False")
+        key = _undirected_key(edge_index, num_nodes)
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        pair_score = torch.full((uniq.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(
+            0, inverse, scores, reduce="amax")
+        pair_loop = torch.zeros(uniq.numel(), dtype=torch.bool).scatter_reduce(0, inverse, loop, reduce="amax")
+        keep_pair = _top(pair_score, pair_loop, keep_ratio)
+        return keep_pair[inverse]
+    return _top(scores, loop, keep_ratio)
+
+
+def _top(scores: Tensor, loop: Tensor, keep_ratio: float) -> Tensor:
+    candidates = torch.nonzero(~loop).flatten()
+    k = math.ceil(keep_ratio * candidates.numel() - 1e-9)
+    keep = loop.clone()
+    if k:
+        order = torch.argsort(scores[candidates], descending=True, stable=True)
+        keep[candidates[order[:k]]] = True
+    return keep
+
+
+def _edge_store_num_nodes(data, store) -> Union[int, Tuple[int, int]]:
+    if isinstance(getattr(store, "_key", None), tuple):
+        src, _, dst = store._key
+        n_src, n_dst = data[src].num_nodes, data[dst].num_nodes
+        return n_src if src == dst else (n_src, n_dst)
+    return data.num_nodes
+
+
+class TEDDY(BaseTransform):
+    """PyG transform keeping ``keep_ratio`` of the edges by TEDDY score (see the module).
+
+    Every edge store is sparsified (``HeteroData`` too); edge attributes stay aligned
+    (``edge_subgraph``); the kept-edge mask of each store is left in the transform's
+    ``masks`` (keyed by edge type, ``None`` for homogeneous data) and, for homogeneous
+    data, as ``data.teddy_kept``. ``undirected=None`` checks each store and keeps
+    undirected graphs undirected.
+    """
+
+    def __init__(self, keep_ratio: float, undirected: Optional[bool] = None) -> None:
+        self.keep_ratio = check_keep_ratio(keep_ratio)
+        self.undirected = undirected
+        self.masks: dict = {}
+
+    def forward(self, data):
+        hetero = isinstance(data, HeteroData)
+        masks = {}
+        for store in data.edge_stores:
+            if "edge_index" not in store:
+                continue
+            key = store._key if hetero else None
+            n = _edge_store_num_nodes(data, store) if hetero else data.num_nodes
+            undirected = self.undirected
+            if undirected is None:
+                undirected = isinstance(n, int) and is_undirected(store.edge_index, num_nodes=n)
+            masks[key] = teddy_mask(store.edge_index, self.keep_ratio, n, undirected=bool(undirected))
+        if hetero:
+            data = data.edge_subgraph({k: m for k, m in masks.items()})
+        else:
+            data = data.edge_subgraph(masks[None])
+            data.teddy_kept = masks[None]
+        self.masks = masks
+        return data
+
+    def __repr__(self) -> str:
+        return f"TEDDY(keep_ratio={self.keep_ratio}, undirected={self.undirected})"
