@@ -13,7 +13,8 @@ from .allocators import ERK, LAMP, Allocator, Budget, GlobalRank, Uniform
 from .controller import SparsityController
 from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor
 from .discovery import discover_targets
-from .enforcement import SRSTE, DecayingMask, Enforcement, HardMask, PruneRegrow, SoftShrink, StraightThrough
+from .enforcement import (SRSTE, DecayingMask, Enforcement, HardMask, ProjectedL0, PruneRegrow, SoftShrink,
+                          StraightThrough)
 from .layouts import NM, Channels, Elements, Rows, UnitLayout
 from .masks import MaskSet
 from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS, LAYOUTS, SCHEDULES, Registry, UnknownNameError
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALLOCATORS", "CRITERIA", "ENFORCEMENTS", "LAYOUTS", "SCHEDULES", "Allocator", "Budget", "Channels", "Constant",
-    "Cosine", "Criterion", "Cubic", "ERK", "Elements", "Enforcement", "Exponential", "GlobalRank", "HardMask",
+    "Cosine", "Criterion", "Cubic", "ERK", "Elements", "Enforcement", "Exponential", "GlobalRank", "HardMask", "ProjectedL0",
     "Iterative", "LAMP", "Linear", "Magnitude", "MaskSet", "Movement", "NM", "RandomScores", "Registry", "Rows",
     "Schedule", "ScoreContext", "SparsityCallback", "SparsityController", "StraightThrough", "Target", "Taylor",
     "Uniform", "UnitLayout", "UnknownNameError", "discover_targets", "one_shot", "SRSTE", "DecayingMask",

@@ -2,10 +2,11 @@
 from .base import Enforcement, weight_targets
 from .decaying import DecayingMask
 from .hard import HardMask
+from .projected import ProjectedL0
 from .prune_regrow import PruneRegrow
 from .soft_shrink import SoftShrink
 from .sr_ste import SRSTE
 from .straight_through import StraightThrough
 
-__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "PruneRegrow", "SoftShrink", "SRSTE",
+__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "SoftShrink", "SRSTE",
            "StraightThrough"]

@@ -94,3 +94,20 @@ def test_enforcement_state_round_trip():
     s.load_state_dict(ctrl.enforcement.state_dict())
     assert torch.equal(s.dense["0.weight"], ctrl.enforcement.dense["0.weight"])
     assert HardMask().state_dict() == {}
+
+
+def test_projected_l0_steps_densely_then_projects_onto_the_l0_ball():
+    model, lin, opt, ctrl = linear_ctrl("projected_l0", sparsity=0.5, lr=0.1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0], [0.5, 6.0, -7.0, 0.1]]))
+    ctrl.update(0, force=True)
+    assert lin.weight.tolist() == [[0.0, 0.0, 3.0, -4.0], [0.0, 6.0, -7.0, 0.0]]
+    for p in model.parameters():
+        p.grad = None
+    lin.weight.grad = torch.tensor([[0.0, 0.0, 0.0, 0.0], [-90.0, 0.0, 0.0, 0.0]])
+    ctrl.before_optimizer_step(opt)
+    assert lin.weight.grad[1, 0] == -90.0  # gradients of pruned weights are kept
+    opt.step()  # w[1,0] = 0 + 0.1 * 90 = 9: now among the 4 largest magnitudes, 3.0 is not
+    ctrl.after_optimizer_step(1)
+    assert lin.weight.tolist() == [[0.0, 0.0, 0.0, -4.0], [9.0, 6.0, -7.0, 0.0]]
+    assert ctrl.masks["0.weight"].tolist() == [[False, False, False, True], [True, True, True, False]]
