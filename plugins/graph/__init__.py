@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy"}
+_EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy",
+            "distillation_loss": "teddy"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -172,3 +172,18 @@ class TEDDY(BaseTransform):
 
     def __repr__(self) -> str:
         return f"TEDDY(keep_ratio={self.keep_ratio}, undirected={self.undirected})"
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """TEDDY's optional distillation term toward the model trained on the dense graph:
+    ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` averaged over nodes (Hinton et al.,
+    2015); the teacher's logits are not differentiated."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {list(student_logits.shape)} vs "
+                         f"{list(teacher_logits.shape)}")
+    t = temperature
+    log_p = torch.log_softmax(student_logits / t, dim=-1)
+    q = torch.softmax(teacher_logits.detach() / t, dim=-1)
+    return torch.nn.functional.kl_div(log_p, q, reduction="batchmean") * t * t

@@ -96,3 +96,18 @@ def test_keep_ratio_outside_unit_interval_is_refused(ratio):
 def test_directed_graph_passed_as_undirected_is_refused():
     with pytest.raises(ValueError, match="directed"):
         teddy_mask(torch.tensor([[0, 1], [1, 2]]), 0.5, 3, undirected=True)
+
+
+def test_distillation_loss_is_the_tempered_kl_to_the_teacher():
+    from sparsity_plugins.graph import distillation_loss
+    teacher = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    assert distillation_loss(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.zeros(2, 2, requires_grad=True)
+    loss = distillation_loss(student, teacher, temperature=2.0)
+    q = torch.softmax(teacher / 2, dim=1)
+    expected = 4 * (q * (q.log() - math.log(0.5))).sum() / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert student.grad is not None
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(student, teacher, temperature=0)
