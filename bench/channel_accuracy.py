@@ -1,6 +1,6 @@
 """Accuracy of channel pruning at 2x fewer MACs: dense vs ours vs Torch-Pruning one-shot.
 
-MNIST (60k train / 10k test; quick: 3k / 1k), timm resnet10t (1 input channel, random init),
+MNIST (20k train / 10k test; quick: 3k / 1k), timm resnet10t (1 input channel, random init),
 AdamW lr 2e-3, batch 128, the same total epochs E for every method (default 3), CPU. MACs
 counted with Torch-Pruning's counter; the pruned models of both methods have half the dense
 MACs (ours exactly by its MAC budget, Torch-Pruning's by a bisection on its channel ratio).
@@ -99,7 +99,7 @@ def run(method, train, test, epochs, seed):
 def main() -> None:
     args = parser(__doc__, seeds=True).parse_args()
     start(args)
-    n_train, n_test, epochs = (3000, 1000, 3) if args.quick else (60000, 10000, 3)
+    n_train, n_test, epochs = (3000, 1000, 3) if args.quick else (20000, 10000, 3)
     seeds = args.seeds or (1 if args.quick else 2)
     train, test = mnist_split(n_train)
     test = (test[0][:n_test], test[1][:n_test])
