@@ -1,19 +1,11 @@
-"""Lazy imports of the graph plugin's optional dependencies, with an install hint."""
+"""The graph plugin's optional dependencies, imported when first needed."""
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-_HINT = "pip install 'sparsity-suite[graph]'"
+from .._lazy import require
 
 
-def require(module: str) -> ModuleType:
-    """Import ``module`` or raise ``ImportError`` saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(f"the graph plugin needs {module!r}: {_HINT}") from err
-
-
-def torch_geometric() -> ModuleType:
-    return require("torch_geometric")
+def torch_geometric(module: str = "") -> ModuleType:
+    """``torch_geometric`` or one of its submodules (``"transforms"``, ``"utils"``...)."""
+    return require("torch_geometric" + (f".{module}" if module else ""), "graph")

@@ -19,11 +19,11 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._deps import require
+from ._deps import torch_geometric
 
-BaseTransform = require("torch_geometric.transforms").BaseTransform
-is_undirected = require("torch_geometric.utils").is_undirected
-HeteroData = require("torch_geometric.data").HeteroData
+BaseTransform = torch_geometric("transforms").BaseTransform
+is_undirected = torch_geometric("utils").is_undirected
+HeteroData = torch_geometric("data").HeteroData
 
 
 def check_edge_index(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]], what: str = "edge_index") -> None:

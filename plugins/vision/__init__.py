@@ -13,7 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "ChannelPruning": "callback",
     "discover_channel_groups": "groups", "ChannelGroup": "groups", "ChannelGroups": "groups",
-    "GroupTraceError": "groups",
+    "GroupTraceError": "tracing",
     "GroupMask": "enforcement", "MaskSparsity": "enforcement", "GroupEnvelope": "enforcement",
     "GroupMagnitude": "criteria", "BNScale": "criteria", "GroupTaylor": "criteria", "HeadSensitivity": "criteria",
     "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",

@@ -1,19 +1,10 @@
-"""Lazy imports of the vision plugin's optional dependencies, with an install hint."""
+"""The vision plugin's optional dependencies, imported when first needed."""
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-_HINT = "pip install 'sparsity-suite[vision]'"
-
-
-def require(module: str) -> ModuleType:
-    """Import ``module`` or raise ``ImportError`` saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(f"the vision plugin needs {module!r}: {_HINT}") from err
+from .._lazy import require
 
 
 def torch_pruning() -> ModuleType:
-    return require("torch_pruning")
+    return require("torch_pruning", "vision")

@@ -112,7 +112,8 @@ class GroupMask(Enforcement):
                     keep[key] = torch.ones(tensor.shape[s.dim], dtype=tensor.dtype, device=tensor.device)
                 keep[key][t.unit_positions(s, mask).to(tensor.device)] = 0
         self._keep = {k: v for k, v in keep.items() if not bool(v.all())}
-        self._install_norm_hooks(ctrl)
+        if self.zero_during_training:  # otherwise LayerNorms see every channel until finalize
+            self._install_norm_hooks(ctrl)
 
     def _view(self, key: Tuple[str, int], like: torch.Tensor) -> torch.Tensor:
         view = [1] * like.dim()
@@ -177,7 +178,9 @@ class GroupMask(Enforcement):
 
     @torch.no_grad()
     def finalize(self, ctrl) -> None:
-        """Zero every pruned slice (the LayerNorm hooks stay until physical removal)."""
+        """Zero every pruned slice; masked LayerNorm hooks act from now on (until physical
+        removal) so the zeroed network computes what the pruned one will."""
+        self._install_norm_hooks(ctrl)
         self.zero_pruned(ctrl, optimizer_state=True)
 
     def keep_vectors(self) -> Dict[Tuple[str, int], torch.Tensor]:
@@ -204,9 +207,6 @@ class MaskSparsity(GroupMask):
             raise ValueError(f"MaskSparsity strength must be > 0, got {strength!r}")
         self.strength = float(strength)
 
-    def _install_norm_hooks(self, ctrl) -> None:
-        pass  # nothing is zeroed during training: LayerNorms see every channel
-
     @torch.no_grad()
     def before_optimizer_step(self, ctrl, optimizer) -> None:
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -220,11 +220,6 @@ class MaskSparsity(GroupMask):
                 if pos.numel():
                     sel = tensor.data.index_select(s.dim, pos)
                     tensor.grad.index_add_(s.dim, pos, self.strength * torch.sign(sel))
-
-    @torch.no_grad()
-    def finalize(self, ctrl) -> None:
-        GroupMask._install_norm_hooks(self, ctrl)
-        super().finalize(ctrl)
 
     def __repr__(self) -> str:
         return f"MaskSparsity(strength={self.strength})"
@@ -245,9 +240,6 @@ class GroupEnvelope(GroupMask):
             raise ValueError(f"weighting must be 'sqrt_size' or 'none', got {weighting!r}")
         self.strength = float(strength)
         self.weighting = weighting
-
-    def _install_norm_hooks(self, ctrl) -> None:
-        pass
 
     def _omega(self, t: ChannelGroup) -> float:
         return float(t.params_per_unit) ** 0.5 if self.weighting == "sqrt_size" else 1.0
@@ -270,11 +262,6 @@ class GroupEnvelope(GroupMask):
                 shrink = 1.0 / (1.0 + lr[id(tensor)] * self.strength * self._omega(t))
                 pos = t.unit_positions(s, mask).to(tensor.device)
                 tensor.data.index_copy_(s.dim, pos, tensor.data.index_select(s.dim, pos) * shrink)
-
-    @torch.no_grad()
-    def finalize(self, ctrl) -> None:
-        GroupMask._install_norm_hooks(self, ctrl)
-        super().finalize(ctrl)
 
     def __repr__(self) -> str:
         return f"GroupEnvelope(strength={self.strength}, weighting={self.weighting!r})"

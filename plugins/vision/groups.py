@@ -29,6 +29,7 @@ from sparsity_core.discovery import classifier_heads
 from sparsity_core.targets import Target
 
 from ._deps import torch_pruning
+from .tracing import measure_macs, trace_dependencies
 
 #: Parameters that mark the residual stream of a transformer.
 EMBED_PARAMS = re.compile(r"(^|\.)(pos_embed|cls_token|reg_token|dist_token)$")
@@ -90,10 +91,6 @@ def _norm_channel_dim(module: nn.Module) -> int:
     return 1 if type(module).__name__.lower().endswith("2d") else -1
 
 
-class GroupTraceError(ValueError):
-    """The dependency graph of a model could not be built; names the module that failed."""
-
-
 @dataclass
 class ChannelGroups:
     """Result of :func:`discover_channel_groups`."""
@@ -124,29 +121,6 @@ def _find_attention(model: nn.Module) -> Dict[str, nn.Module]:
                 continue  # grouped-query or asymmetric attention: left to channel groups
             out[name] = m
     return out
-
-
-def _trace(model: nn.Module, example_inputs, ignored: Sequence[nn.Module]):
-    tp = torch_pruning()
-    last = {"name": type(model).__name__}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: last.__setitem__("name", n or type(model).__name__))
-             for n, m in model.named_modules()]
-    was_training = model.training
-    try:
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                       ignored_layers=list(ignored), verbose=False)
-    except Exception as err:  # noqa: BLE001 - re-raised with the failing module named
-        raise GroupTraceError(
-            f"cannot build the channel dependency graph of {type(model).__name__}: tracing failed in module "
-            f"{last['name']!r} ({type(err).__name__}: {err}); nothing was changed. Exclude that module "
-            "(ignore=[...]) or prune this family with element sparsity (SparsityCallback)"
-        ) from err
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return dg
 
 
 def _slices_of_item(dg, dep, idxs, root_idxs, unit_of_root: torch.Tensor, names: Dict[nn.Module, str],
@@ -292,36 +266,6 @@ def _unit_costs(slices: Sequence[TensorSlice], units: int, macs: Dict[str, float
     return p, m
 
 
-def _measure_macs(model: nn.Module, example_inputs) -> Dict[str, float]:
-    """MACs per sample of every Conv/Linear, from one forward pass."""
-    macs: Dict[str, float] = {}
-    hooks = []
-
-    def hook(name):
-        def fn(mod, inp, out):
-            batch = out.shape[0] if out.dim() > 1 else 1
-            if isinstance(mod, nn.modules.conv._ConvNd):
-                k = mod.weight[0].numel()  # in/groups * prod(kernel)
-                macs[name] = float(out.numel() / batch * k)
-            else:
-                macs[name] = float(out.numel() / batch * mod.in_features)
-        return fn
-
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            hooks.append(m.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return macs
-
-
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
@@ -353,8 +297,8 @@ def discover_channel_groups(
     ignored += [model.get_submodule(h) for h in heads]
     attention = _find_attention(model) if prune_heads else {}
     ignored_roots = ignored + [a.qkv for a in attention.values()]
-    dg = _trace(model, example_inputs, [])
-    macs = _measure_macs(model, example_inputs)
+    dg = trace_dependencies(model, example_inputs, [])
+    macs = measure_macs(model, example_inputs)
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     embed_params = {p for n, p in model.named_parameters() if EMBED_PARAMS.search(n)}
