@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALLOCATORS", "CRITERIA", "ENFORCEMENTS", "LAYOUTS", "SCHEDULES", "Allocator", "Budget", "Channels", "Constant",
-    "Cosine", "Criterion", "Cubic", "ERK", "Elements", "Enforcement", "Exponential", "GlobalRank", "HardMask", "ProjectedL0",
+    "Cosine", "Criterion", "Cubic", "ERK", "Elements", "Enforcement", "Exponential", "GlobalRank", "HardMask",
+    "ProjectedL0",
     "Iterative", "LAMP", "Linear", "Magnitude", "MaskSet", "Movement", "NM", "RandomScores", "Registry", "Rows",
     "Schedule", "ScoreContext", "SparsityCallback", "SparsityController", "StraightThrough", "Target", "Taylor",
     "Uniform", "UnitLayout", "UnknownNameError", "discover_targets", "one_shot", "SRSTE", "DecayingMask",

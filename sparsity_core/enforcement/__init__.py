@@ -8,5 +8,5 @@ from .soft_shrink import SoftShrink
 from .sr_ste import SRSTE
 from .straight_through import StraightThrough
 
-__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "SoftShrink", "SRSTE",
-           "StraightThrough"]
+__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "SoftShrink",
+           "SRSTE", "StraightThrough"]
