@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy",
-            "distillation_loss": "teddy"}
+            "distillation_loss": "teddy", "relative_condition_number": "spectral", "laplacian": "spectral"}
 
 __all__ = sorted(_EXPORTS)
 
