@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparsity_core.allocators.budget import Budget
 from sparsity_core.controller import SparsityController
 from sparsity_core.criteria.base import ScoreContext
 from sparsity_plugins.vision import (BNScale, GroupEnvelope, GroupMagnitude, GroupTaylor, HeadSensitivity,
@@ -128,3 +129,20 @@ def test_regulariser_strength_must_be_positive(bad):
         MaskSparsity(strength=bad)
     with pytest.raises(ValueError):
         GroupEnvelope(strength=bad)
+
+
+def test_head_sensitivity_with_global_allocation_moves_heads_to_the_sensitive_layer():
+    model = tiny("vit")
+    groups = discover_channel_groups(model, example())
+    first, second = [t for t in groups.targets if t.kind == "head"]
+    crit = HeadSensitivity()
+    crit.calibrate(model, [first, second], [example(4)], lambda m, x: m(x).square().mean())
+    assert crit._counts == {first.name: 1, second.name: 1}
+    crit._sums[first.name] = torch.tensor([10.0, 11.0, 12.0, 13.0])  # layer 0's heads matter more
+    crit._sums[second.name] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    scores = {t.name: crit.score(t, ScoreContext()) for t in (first, second)}
+    half = Budget(sparsity=0.5, measure="units")
+    glob = channel_budget("global", groups, round_to=1).inner.allocate([first, second], scores, half)
+    assert glob == {first.name: 3, second.name: 1}  # the floor keeps one head in layer 1
+    unif = channel_budget("uniform", groups, round_to=1).inner.allocate([first, second], scores, half)
+    assert unif == {first.name: 2, second.name: 2}
