@@ -183,10 +183,6 @@ class GroupMask(Enforcement):
         self._install_norm_hooks(ctrl)
         self.zero_pruned(ctrl, optimizer_state=True)
 
-    def keep_vectors(self) -> Dict[Tuple[str, int], torch.Tensor]:
-        """``(tensor name, dim) -> 0/1`` vectors of the current masks (pruned positions 0)."""
-        return dict(self._keep)
-
     def __getstate__(self):  # hooks are re-installed by bind(); handles do not pickle
         state = dict(self.__dict__)
         state["_hooks"] = []
