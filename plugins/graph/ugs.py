@@ -1,0 +1,179 @@
+"""Graph lottery tickets: unified GNN sparsification (UGS; Chen et al., 2021, "A Unified
+Lottery Ticket Hypothesis for Graph Neural Networks").
+
+UGS trains a mask ``m_g`` over the edges of the graph and a mask ``m_θ`` over the weights
+together with the model, with an ℓ₁ penalty on both:
+
+    L = CE(f(X, A ⊙ m_g; θ ⊙ m_θ)) + λ_g ‖m_g‖₁ + λ_θ ‖m_θ‖₁
+
+and prunes iteratively: every round removes the fraction ``p_g`` of the remaining edges
+and ``p_θ`` of the remaining weights with the smallest mask magnitudes, then rewinds the
+weights (and the remaining masks) to their values at the rewind step (IMP with rewinding;
+Frankle et al., 2020). After ``r`` rounds the edge density is ``(1 − p_g)^r`` and the weight
+density ``(1 − p_θ)^r``; the last round's masks are the ticket.
+
+Here the masks act without rewriting any layer: the edge mask reaches every
+``MessagePassing`` layer through PyG's explain mechanism (messages multiplied by the mask;
+layers that add self-loops give them weight 1, as for a GCN normalised once on the full
+graph, the reference formulation), and the weight masks are ``torch.nn.utils.parametrize``
+parametrizations ``W ↦ W ⊙ m_θ``. Rounds, rewinding, optimizer-moment masking and resumable
+state come from the core (``Iterative`` schedule, magnitude criterion, hard enforcement);
+the ℓ₁ subgradients are added to the mask gradients before every optimizer step, so the
+user's loss stays unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from sparsity_core.allocators.base import Allocator
+from sparsity_core.allocators.budget import Budget
+from sparsity_core.allocators.global_rank import GlobalRank
+from sparsity_core.targets import Target
+
+from ._deps import torch_geometric
+from .teddy import _undirected_key, check_edge_index
+
+# The Iterative schedule counts rounds: after r rounds its sparsity is 1 - ROUND_DENSITY**r.
+ROUND_DENSITY = 0.5
+EDGE_MASK_NAME = "ugs_edge_mask"
+
+
+class EdgeMask(nn.Module):
+    """A learnable mask over the edges of one fixed graph, applied to every
+    ``MessagePassing`` layer of a model through PyG's explain masks.
+
+    One mask value per undirected edge when ``undirected`` (both directions share it), per
+    directed edge otherwise; self-loops are not masked (value 1). ``mask`` starts at ones.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int, undirected: bool) -> None:
+        super().__init__()
+        check_edge_index(edge_index, num_nodes)
+        loop = edge_index[0] == edge_index[1]
+        if undirected:
+            is_undirected = torch_geometric("utils").is_undirected
+            if not is_undirected(edge_index, num_nodes=num_nodes):
+                raise ValueError("edge_index is directed but undirected=True: every edge (i, j) needs its (j, i)")
+            key = _undirected_key(edge_index, num_nodes)
+            _, unit = torch.unique(key[~loop], return_inverse=True)
+        else:
+            unit = torch.arange(int((~loop).sum()))
+        num_units = int(unit.max()) + 1 if unit.numel() else 0
+        if num_units == 0:
+            raise ValueError("the graph has only self-loops: no edge to mask")
+        unit_of_edge = torch.full((edge_index.size(1),), num_units, dtype=torch.long)
+        unit_of_edge[~loop] = unit
+        self.undirected = undirected
+        self.mask = nn.Parameter(torch.ones(num_units))
+        self.register_buffer("edge_index", edge_index.clone(), persistent=False)
+        self.register_buffer("unit_of_edge", unit_of_edge, persistent=False)
+        self._hooks: List = []
+
+    @property
+    def num_units(self) -> int:
+        return self.mask.numel()
+
+    def edge_values(self) -> Tensor:
+        """The mask value of every edge of ``edge_index`` (1 for self-loops)."""
+        return torch.cat([self.mask, self.mask.new_ones(1)])[self.unit_of_edge]
+
+    def kept(self) -> Tensor:
+        """Boolean mask over ``edge_index``: edges whose mask value is non-zero."""
+        return self.edge_values().detach() != 0
+
+    def attach(self, model: nn.Module) -> int:
+        """Apply the mask in every ``MessagePassing`` layer of ``model`` (those with
+        ``explain=False`` excepted) before each of its forwards; returns how many."""
+        MessagePassing = torch_geometric("nn").MessagePassing
+        set_masks = torch_geometric("explain.algorithm.utils").set_masks
+        layers = [m for m in model.modules() if isinstance(m, MessagePassing) and m.explain is not False]
+
+        def hook(layer, args):
+            set_masks(layer, self.edge_values(), self.edge_index, apply_sigmoid=False)
+
+        self._hooks = [layer.register_forward_pre_hook(hook) for layer in layers]
+        return len(layers)
+
+    def detach_from(self, model: nn.Module) -> None:
+        """Remove the hooks and PyG's explain masks from ``model``."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        torch_geometric("explain.algorithm.utils").clear_masks(model)
+
+    def extra_repr(self) -> str:
+        return f"units={self.num_units}, undirected={self.undirected}"
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ m`` with a learnable ``m`` (ones at the start)."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.mask = nn.Parameter(torch.ones(tuple(shape)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+class RoundRates(Allocator):
+    """Iterative pruning with one rate per group of targets.
+
+    The budget's sparsity ``s`` encodes the number of completed rounds,
+    ``r = log(1 − s) / log(round_density)``; group ``g`` with per-round rate ``p_g`` keeps
+    ``⌊(1 − p_g)^r · n_g⌋`` of its ``n_g`` units, ranked globally across the group's targets
+    (Frankle & Carbin, 2019, prune convolutional and dense layers at different rates too).
+    """
+
+    def __init__(self, groups: Sequence[Tuple[Sequence[str], float]], round_density: float = ROUND_DENSITY) -> None:
+        super().__init__(min_keep_units=0)
+        for names, rate in groups:
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"per-round rate must be in [0, 1), got {rate!r}")
+        self.groups = [(list(names), float(rate)) for names, rate in groups]
+        self.round_density = round_density
+
+    def rounds(self, budget: Budget) -> int:
+        if budget.sparsity is None:
+            raise ValueError("RoundRates needs a sparsity budget (the round clock of an Iterative schedule)")
+        return round(math.log(1.0 - budget.sparsity) / math.log(self.round_density)) if budget.sparsity else 0
+
+    def allocate(self, targets: Sequence[Target], scores: Mapping[str, Tensor], budget: Budget) -> Dict[str, int]:
+        r = self.rounds(budget)
+        by_name = {t.name: t for t in targets}
+        keep: Dict[str, int] = {}
+        for names, rate in self.groups:
+            members = [by_name[n] for n in names if n in by_name]
+            if members:
+                sparsity = 1.0 - (1.0 - rate) ** r
+                keep.update(GlobalRank(min_keep_units=0).allocate(members, scores, Budget(sparsity=sparsity)))
+        missing = sorted(set(by_name) - set(keep))
+        if missing:
+            raise ValueError(f"targets in no RoundRates group: {missing}")
+        return keep
+
+    def __repr__(self) -> str:
+        return f"RoundRates(rates={[rate for _, rate in self.groups]}, round_density={self.round_density})"
+
+
+def rate_for(removed: float, rounds: int) -> float:
+    """Per-round rate that removes the fraction ``removed`` in ``rounds`` rounds."""
+    if not 0.0 <= removed < 1.0:
+        raise ValueError(f"removed must be in [0, 1), got {removed!r}")
+    return 1.0 - (1.0 - removed) ** (1.0 / rounds)
+
+
+def _check_rate(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_nonneg(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    return float(value)
