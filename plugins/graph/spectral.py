@@ -31,14 +31,26 @@ def laplacian(edge_index: Tensor, num_nodes: int, edge_weight: Optional[Tensor] 
     return (lap + shift * sp.identity(num_nodes, format="csr")).astype("float64")
 
 
+DENSE_FALLBACK_NODES = 4000
+
+
 def _largest(a, b) -> float:
-    from scipy.sparse.linalg import eigsh
+    import scipy.linalg
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-    if a.shape[0] <= 3:  # ARPACK needs k < n; tiny graphs are solved densely
-        import scipy.linalg
-
+    n = a.shape[0]
+    if n <= 3:  # ARPACK needs k < n; tiny graphs are solved densely
         return float(scipy.linalg.eigh(a.toarray(), b.toarray(), eigvals_only=True)[-1])
-    return float(eigsh(a, k=1, M=b, which="LA", return_eigenvectors=False)[0])
+    try:
+        return float(eigsh(a, k=1, M=b, which="LA", return_eigenvectors=False)[0])
+    except ArpackNoConvergence:  # clustered spectra (H close to G): a wider Krylov space, then dense
+        try:
+            return float(eigsh(a, k=1, M=b, which="LA", ncv=min(n - 1, 64), maxiter=100 * n,
+                               return_eigenvectors=False)[0])
+        except ArpackNoConvergence:
+            if n > DENSE_FALLBACK_NODES:
+                raise
+            return float(scipy.linalg.eigh(a.toarray(), b.toarray(), eigvals_only=True)[-1])
 
 
 def relative_condition_number(edge_index_g: Tensor, edge_index_h: Tensor, num_nodes: int,
@@ -49,6 +61,11 @@ def relative_condition_number(edge_index_g: Tensor, edge_index_h: Tensor, num_no
     check_edge_index(edge_index_h, num_nodes, "edge_index_h")
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift!r}")
+    is_undirected = torch_geometric("utils").is_undirected
+    for what, ei, w in (("G", edge_index_g, weight_g), ("H", edge_index_h, weight_h)):
+        if not is_undirected(ei, w, num_nodes=num_nodes):
+            raise ValueError(f"{what} is directed (or its two directions differ in weight): store both directions "
+                             "of every edge, e.g. with torch_geometric.utils.to_undirected")
     lg = laplacian(edge_index_g, num_nodes, weight_g, shift)
     lh = laplacian(edge_index_h, num_nodes, weight_h, shift)
     return _largest(lg, lh) * _largest(lh, lg)

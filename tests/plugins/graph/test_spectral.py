@@ -35,3 +35,21 @@ def test_kappa_refuses_mismatched_graphs():
         relative_condition_number(cycle(5), cycle(6), 5)
     with pytest.raises(ValueError, match="shift"):
         relative_condition_number(cycle(5), cycle(5), 5, shift=0.0)
+    one_direction = torch.stack([torch.arange(4), torch.arange(1, 5)])
+    with pytest.raises(ValueError, match="directed"):
+        relative_condition_number(cycle(5), one_direction, 5)
+
+
+def test_kappa_falls_back_when_arpack_does_not_converge(monkeypatch):
+    import scipy.sparse.linalg as sla
+
+    from sparsity_plugins.graph import spectral
+
+    def never(*args, **kwargs):
+        raise sla.ArpackNoConvergence("no convergence", [], [])
+
+    monkeypatch.setattr(sla, "eigsh", never)  # both ARPACK attempts fail: the dense solver answers
+    assert spectral.relative_condition_number(cycle(12), path(12), 12) == pytest.approx(12, rel=1e-4)
+    monkeypatch.setattr(spectral, "DENSE_FALLBACK_NODES", 5)
+    with pytest.raises(sla.ArpackNoConvergence):
+        spectral.relative_condition_number(cycle(12), path(12), 12)
