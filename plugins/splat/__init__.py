@@ -1,0 +1,18 @@
+"""3D plugin (gsplat / NeRF-style fields): budgeted Gaussian densification, a CPU
+renderer, hash-grid pruning.
+
+``gsplat`` is imported only when a function needs it (``pip install 'sparsity-suite[splat]'``).
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS: dict = {}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
