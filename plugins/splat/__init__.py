@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS: dict = {}
+_EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores"}
 
 __all__ = sorted(_EXPORTS)
 
