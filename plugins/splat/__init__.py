@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores"}
+_EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
+            "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data"}
 
 __all__ = sorted(_EXPORTS)
 
