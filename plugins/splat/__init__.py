@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
-            "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data"}
+            "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen"}
 
 __all__ = sorted(_EXPORTS)
 
