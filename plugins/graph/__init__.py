@@ -3,7 +3,8 @@
 ``torch_geometric`` is imported only when a function needs it
 (``pip install 'sparsity-suite[graph]'``). TEDDY degree-based edge sparsification
 (:mod:`.teddy`), graph lottery tickets (:mod:`.ugs`, the :class:`UGS` callback), spectral
-quality (:mod:`.spectral`), the dyGRASS dynamic spectral sparsifier (:mod:`.dygrass`),
+quality (:mod:`.spectral`), the dyGRASS dynamic spectral sparsifier (:mod:`.dygrass`), GTSP
+graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` callback),
 reference models and offline data loaders.
 """
 from __future__ import annotations
@@ -16,7 +17,12 @@ _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy
             "GCN": "models", "GIN": "models", "NodeClassifier": "node_module", "sparse_input_dropout": "models",
             "planetoid": "datasets", "tudataset": "datasets", "karate_club": "datasets", "sbm_graph": "datasets",
             "grid_graph": "datasets", "node_datamodule": "datasets",
-            "DynamicSparsifier": "dygrass", "grass_sparsifier": "dygrass"}
+            "DynamicSparsifier": "dygrass", "grass_sparsifier": "dygrass",
+            "GTSP": "gtsp_callback", "GTSPController": "gtsp", "find_gps_layers": "gtsp", "GTSPConfig": "gtsp_config",
+            "GTSPPlan": "gtsp_plan", "count_flops": "gtsp_flops", "attention_flops": "gtsp_flops",
+            "FlopsReport": "gtsp_flops", "LayerCost": "gtsp_flops", "PrunedAttention": "gtsp_attention",
+            "GTSPLayer": "gtsp_gates", "HeadGate": "gtsp_gates", "PrunedGPSLayer": "gtsp_gates",
+            "SkipLayer": "gtsp_gates", "topk_per_graph": "gtsp_tokens", "induced_subgraph": "gtsp_tokens"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,221 @@
+"""FLOPs of a graph transformer built from PyG ``GPSConv`` layers, counted as executed.
+
+Convention: FLOPs = 2 × the multiply-accumulates of every matrix product (linear maps,
+``QKᵀ`` and ``attention·V``) + one add per message element of neighbourhood aggregation
+(``E·C_in`` per message-passing call). Elementwise work (norms, activations, softmax,
+biases, residual adds) is not counted.
+
+``GPSConv`` pads each batch to ``B`` graphs × ``n_max`` nodes (``to_dense_batch``) before
+its attention, so with ``P = B·n_max``, ``k`` heads of width ``d`` and ``C`` channels an
+attention layer executes
+
+    F_attn = 2·P·C·3kd  (Q, K, V)  +  2·2·B·n_max²·kd  (scores, weights·V)  +  2·P·kd·C  (output)
+
+and its MLP (``C → 2C → C``) ``8·N·C²``. :func:`count_flops` measures a forward pass with
+hooks (exact for the input given); :class:`LayerCost` is the analytic model GTSP's budget
+uses to price candidate removals. Zeros inside weights do not change executed FLOPs:
+``sparse_total`` (linear maps scaled by their weights' density) is reported separately and
+is not a speed-up.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._deps import torch_geometric
+
+PARTS = ("attention", "local", "mlp", "scorer", "other")
+
+
+def attention_flops(num_graphs: int, max_nodes: int, channels: int, heads: int, head_dim: int) -> float:
+    """Executed FLOPs of one (padded) multi-head attention call, see the module."""
+    p, inner = num_graphs * max_nodes, heads * head_dim
+    return float(2 * p * channels * 3 * inner + 4 * num_graphs * max_nodes * max_nodes * inner + 2 * p * inner * channels)
+
+
+def _density(t: Tensor) -> float:
+    return float((t != 0).sum()) / t.numel() if t.numel() else 0.0
+
+
+def _mha_flops(mod: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple:
+    heads, d = int(mod.num_heads), int(mod.head_dim)
+    b, lq, c = query.shape if mod.batch_first else (query.shape[1], query.shape[0], query.shape[2])
+    s = key.shape[1] if mod.batch_first else key.shape[0]
+    inner = heads * d
+    proj_q, proj_kv = 2 * b * lq * c * inner, 2 * b * s * c * 2 * inner
+    scores = 4 * b * lq * s * inner
+    out = 2 * b * lq * inner * c
+    if inner == 0:
+        return 0.0, 0.0
+    w_in = mod.in_proj_weight
+    dens_in = _density(w_in) if w_in is not None else 1.0
+    dens_out = _density(mod.out_proj.weight)
+    total = proj_q + proj_kv + scores + out
+    return float(total), float((proj_q + proj_kv) * dens_in + scores + out * dens_out)
+
+
+def gps_parts(model: nn.Module) -> Dict[int, str]:
+    """``id(module) → part`` for the modules inside GPS layers (see :data:`PARTS`)."""
+    GPSConv = torch_geometric("nn").GPSConv
+    parts: Dict[int, str] = {}
+    for _, module in model.named_modules():
+        if isinstance(module, GPSConv):
+            for part, sub in (("attention", module.attn), ("local", module.conv), ("mlp", module.mlp)):
+                if sub is not None:
+                    for m in sub.modules():
+                        parts[id(m)] = part
+        scorer = getattr(module, "token_scorer", None)
+        if isinstance(scorer, nn.Module):
+            for m in scorer.modules():
+                parts[id(m)] = "scorer"
+    return parts
+
+
+@dataclass
+class FlopsReport:
+    """Executed FLOPs of one forward pass: total, per part, and the linear maps' FLOPs
+    scaled by weight density (``sparse_total``, what zero-skipping kernels could save)."""
+
+    total: float = 0.0
+    sparse_total: float = 0.0
+    by_part: Dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PARTS})
+
+    def add(self, part: str, flops: float, sparse: float) -> None:
+        self.total += flops
+        self.sparse_total += sparse
+        self.by_part[part] = self.by_part.get(part, 0.0) + flops
+
+
+class FlopsCounter:
+    """Forward hooks on ``nn.Linear``, ``MessagePassing`` and ``nn.MultiheadAttention``
+    modules of ``model`` (optionally only those accepted by ``select``) that add their
+    executed FLOPs to :attr:`report`. Use as a context manager or with start/stop."""
+
+    def __init__(self, model: nn.Module, parts: Optional[Dict[int, str]] = None, select=None) -> None:
+        self.model = model
+        self.parts = gps_parts(model) if parts is None else parts
+        self.select = select
+        self.report = FlopsReport()
+        self.calls: List[tuple] = []  # (module kind, rows or edges, flops) for cost models
+        self._handles: list = []
+
+    def _part(self, m: nn.Module) -> str:
+        return self.parts.get(id(m), "other")
+
+    def _linear(self, m: nn.Linear, args, out) -> None:
+        rows = args[0].numel() // m.in_features
+        flops = 2.0 * rows * m.in_features * m.out_features
+        self.report.add(self._part(m), flops, flops * _density(m.weight))
+        self.calls.append(("linear", rows, flops))
+
+    def _message(self, m, args, kwargs, out) -> None:
+        x = args[0] if args else kwargs.get("x")
+        ei = args[1] if len(args) > 1 else kwargs.get("edge_index")
+        x = x[0] if isinstance(x, (tuple, list)) else x
+        if not isinstance(x, Tensor) or ei is None:
+            return
+        edges = ei.size(1) if isinstance(ei, Tensor) else int(ei.nnz())
+        flops = float(edges * x.size(-1))
+        self.report.add(self._part(m), flops, flops)
+        self.calls.append(("message", edges, flops))
+
+    def _attention(self, m, args, kwargs, out) -> None:
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        flops, sparse = _mha_flops(m, query, key)
+        self.report.add(self._part(m), flops, sparse)
+        self.calls.append(("attention", 0, flops))
+
+    def start(self) -> "FlopsCounter":
+        MessagePassing = torch_geometric("nn").MessagePassing
+        for m in self.model.modules():
+            if self.select is not None and not self.select(m):
+                continue
+            if isinstance(m, nn.MultiheadAttention):
+                self._handles.append(m.register_forward_hook(self._attention, with_kwargs=True))
+            elif isinstance(m, nn.Linear):
+                self._handles.append(m.register_forward_hook(lambda mod, a, o: self._linear(mod, a, o)))
+            elif isinstance(m, MessagePassing):
+                self._handles.append(m.register_forward_hook(self._message, with_kwargs=True))
+        return self
+
+    def stop(self) -> FlopsReport:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return self.report
+
+    def __enter__(self) -> "FlopsCounter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, *args, **kwargs) -> FlopsReport:
+    """Run ``model(*args, **kwargs)`` once (no gradients, the model's current train/eval
+    mode) and return the FLOPs it executed, per part (attention, local MPNN, MLP, token
+    scorer, other)."""
+    with FlopsCounter(model) as counter:
+        model(*args, **kwargs)
+    return counter.report
+
+
+@dataclass
+class LayerCost:
+    """Analytic FLOPs of one GPS layer under a GTSP plan, for pricing candidate removals.
+
+    ``node_flops`` / ``edge_flops``: FLOPs per node / per edge of the layer's linear maps and
+    message passing (local MPNN + MLP), measured once on real batches. ``sizes``: graph
+    sizes of the calibration batches (one list per batch) and ``edges`` their edge counts.
+    With keep ratio ρ each graph keeps ``max(1, ⌈ρ·n_g⌉)`` nodes; kept edges are estimated
+    as ``ρ²·E`` (the only approximation: which edges survive depends on the scorer).
+    """
+
+    channels: int
+    heads: int
+    head_dim: int
+    node_flops: float = 0.0
+    edge_flops: float = 0.0
+    sizes: List[List[int]] = field(default_factory=list)
+    edges: List[int] = field(default_factory=list)
+
+    def flops(self, open_: bool = True, heads_kept: Optional[int] = None, keep_ratio: float = 1.0,
+              scorer: bool = False) -> float:
+        """Mean FLOPs per calibration batch."""
+        if not open_ or not self.sizes:
+            return 0.0
+        k = self.heads if heads_kept is None else heads_kept
+        total = 0.0
+        for sizes, e in zip(self.sizes, self.edges):
+            kept = [max(1, math.ceil(n * keep_ratio - 1e-9)) if keep_ratio < 1 else n for n in sizes]
+            n_kept, n_max = sum(kept), max(kept)
+            e_kept = e * keep_ratio * keep_ratio
+            total += self.node_flops * n_kept + self.edge_flops * e_kept
+            total += attention_flops(len(sizes), n_max, self.channels, k, self.head_dim)
+            if scorer and keep_ratio < 1:
+                total += 2.0 * sum(sizes) * self.channels
+        return total / len(self.sizes)
+
+    def kept_nodes(self, keep_ratio: float) -> float:
+        """Mean nodes per calibration batch that a keep ratio ``ρ`` leaves."""
+        if not self.sizes:
+            return 0.0
+        if keep_ratio >= 1:
+            return sum(sum(s) for s in self.sizes) / len(self.sizes)
+        return sum(max(1, math.ceil(n * keep_ratio - 1e-9)) for s in self.sizes for n in s) / len(self.sizes)
+
+    def state(self) -> dict:
+        return {"channels": self.channels, "heads": self.heads, "head_dim": self.head_dim,
+                "node_flops": self.node_flops, "edge_flops": self.edge_flops,
+                "sizes": [list(s) for s in self.sizes], "edges": list(self.edges)}
+
+
+def plan_flops(costs: Sequence[LayerCost], layer_open, head_keep, token_keep, scorer: bool, other: float) -> float:
+    """Total analytic FLOPs per batch of a plan (layers + ``other`` fixed FLOPs)."""
+    return other + sum(c.flops(o, sum(h), r, scorer) for c, o, h, r in zip(costs, layer_open, head_keep, token_keep))
