@@ -34,11 +34,11 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.datasets import TUDataset
 from torch_geometric.loader import DataLoader
-from torch_geometric.nn import GINEConv, GPSConv, global_add_pool
 
 from _common import mean_std, median, parser, progress, quiet, result, rotations, start, table, target
 from _data import SHARED, WORK
 from sparsity_core.schedules import Cubic
+from sparsity_plugins.graph import GraphGPS
 from sparsity_plugins.graph.gtsp_callback import GTSP
 from sparsity_plugins.graph.gtsp_flops import count_flops
 
@@ -52,23 +52,6 @@ def mutag():
     if not os.path.isdir(raw):
         shutil.copytree(os.path.join(SHARED, "tudataset", "MUTAG", "raw"), raw)
     return TUDataset(root, "MUTAG")
-
-
-class GraphGPS(nn.Module):
-    def __init__(self, d_node: int, d_edge: int, classes: int, channels: int = 64, layers: int = 3, heads: int = 4):
-        super().__init__()
-        c = channels
-        self.node, self.edge = nn.Linear(d_node, c), nn.Linear(d_edge, c)
-        self.convs = nn.ModuleList([
-            GPSConv(c, GINEConv(nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))), heads=heads)
-            for _ in range(layers)])
-        self.head = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, classes))
-
-    def forward(self, x, edge_index, batch, edge_attr):
-        x, e = self.node(x), self.edge(edge_attr)
-        for conv in self.convs:
-            x = conv(x, edge_index, batch, edge_attr=e)
-        return self.head(global_add_pool(x, batch))
 
 
 class Module(pl.LightningModule):

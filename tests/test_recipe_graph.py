@@ -62,3 +62,21 @@ def test_distillation_without_baseline_is_refused(recipe, tmp_path):
     with pytest.raises(ValueError, match="teacher"):
         recipe.main(["node", "--data.dataset", "sbm", "--baseline", "false", "--model.distill_weight", "1.0",
                      "--trainer.max_epochs", "1", "--output", str(tmp_path)])
+
+
+def test_gtsp_run_removes_flops_and_writes_the_report(recipe, tmp_path):
+    report = recipe.main(["gtsp", "--trainer.max_epochs", "2", "--model.channels", "16", "--model.heads", "2",
+                          "--model.layers", "2", "--gtsp.flops", "0.3", "--output", str(tmp_path)])
+    assert report["gtsp_mflops_per_graph"] <= 0.7 * report["dense_mflops_per_graph"] + 1e-9
+    assert 0.0 <= report["gtsp_acc"] <= 1.0 and "dense_acc" in report
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["gtsp"]["layers"] == 2
+    assert (tmp_path / "gtsp_state_dict.pt").is_file()
+
+
+def test_gtsp_help_lists_its_options(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["gtsp", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--gtsp.flops", "--gtsp.weights", "--gtsp.kinds", "--model.heads", "--data.batch_size"):
+        assert option in out, option

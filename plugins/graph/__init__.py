@@ -14,7 +14,7 @@ from importlib import import_module
 _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy",
             "distillation_loss": "teddy", "relative_condition_number": "spectral", "laplacian": "spectral",
             "EdgeMask": "ugs", "WeightMask": "ugs", "RoundRates": "ugs", "rate_for": "ugs", "UGS": "ugs_callback",
-            "GCN": "models", "GIN": "models", "NodeClassifier": "node_module", "sparse_input_dropout": "models",
+            "GCN": "models", "GIN": "models", "GraphGPS": "models", "NodeClassifier": "node_module", "GraphClassifier": "graph_module", "sparse_input_dropout": "models",
             "planetoid": "datasets", "tudataset": "datasets", "karate_club": "datasets", "sbm_graph": "datasets",
             "grid_graph": "datasets", "node_datamodule": "datasets",
             "DynamicSparsifier": "dygrass", "grass_sparsifier": "dygrass",

@@ -84,3 +84,30 @@ class GIN(nn.Module):
             if i < len(self.convs) - 1:
                 x = F.dropout(F.relu(x), self.dropout, self.training)
         return x
+
+
+class GraphGPS(nn.Module):
+    """GraphGPS (Rampášek et al., 2022) for graph classification: node/edge embeddings,
+    ``layers`` × ``GPSConv`` (GINE local message passing + multi-head attention, batch
+    norm), sum pooling, an MLP head. Called as ``(x, edge_index, batch, edge_attr)``."""
+
+    def __init__(self, node_features: int, edge_features: int, num_classes: int, channels: int = 64,
+                 layers: int = 3, heads: int = 4) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        nn_ = torch_geometric("nn")
+        c = channels
+        self.node, self.edge = nn.Linear(node_features, c), nn.Linear(max(1, edge_features), c)
+        self.convs = nn.ModuleList([
+            nn_.GPSConv(c, nn_.GINEConv(nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))), heads=heads)
+            for _ in range(layers)])
+        self.head = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, num_classes))
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Optional[Tensor] = None) -> Tensor:
+        if edge_attr is None:
+            edge_attr = x.new_ones(edge_index.size(1), self.edge.in_features)
+        x, e = self.node(x), self.edge(edge_attr)
+        for conv in self.convs:
+            x = conv(x, edge_index, batch, edge_attr=e)
+        return self.head(torch_geometric("nn").global_add_pool(x, batch))
