@@ -77,3 +77,17 @@ def test_models_accept_the_graph_and_refuse_weights_gin_cannot_use():
 def test_node_datamodule_needs_split_masks():
     with pytest.raises(ValueError, match="train_mask"):
         node_datamodule(grid_graph(2, 2))
+
+
+def test_graph_gps_classifies_a_batch_and_checks_its_heads():
+    from torch_geometric.data import Batch, Data
+
+    from sparsity_plugins.graph import GraphGPS
+
+    graphs = [Data(x=torch.randn(n, 5), edge_index=grid_graph(1, n).edge_index, edge_attr=torch.randn(2 * (n - 1), 2))
+              for n in (3, 4)]
+    b = Batch.from_data_list(graphs)
+    net = GraphGPS(5, 2, 3, channels=8, layers=2, heads=2)
+    assert net(b.x, b.edge_index, b.batch, b.edge_attr).shape == (2, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        GraphGPS(5, 2, 3, channels=10, heads=4)
