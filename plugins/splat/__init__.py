@@ -8,7 +8,9 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
-            "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen"}
+            "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen",
+            "GaussianSplatModule": "module", "random_splats": "module", "psnr": "module", "render": "render",
+            "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,38 @@
+"""The splat budget recipe end to end on a few lego views (tiny run) and its argument checks."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gsplat", reason="the splat extra (gsplat) is not installed")
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "splat_budget.py"
+SHARED = next((p for p in (os.environ.get("SPARSITY_SHARED_DATA", ""),
+                           os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
+                           "/work/shared/data") if p and os.path.isdir(p)), "")
+LEGO = os.path.join(SHARED, "nerf_synthetic_lego", "lego")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("splat_budget", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_arguments_exit_with_a_message(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.main(["--steps", "3"])
+    assert "--steps >= 10" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir(LEGO), reason="../shared/data is not present")
+def test_tiny_run_respects_the_budget_and_saves_renders(recipe, tmp_path):
+    report = recipe.main(["--data", LEGO, "--size", "24", "--steps", "12", "--points", "200", "--budget", "250",
+                          "--test-views", "2", "--output", str(tmp_path)])
+    assert report["budgeted"]["num_gaussians"] <= 250
+    assert json.loads((tmp_path / "report.json").read_text())["budget"] == 250
+    assert len(list((tmp_path / "budgeted").glob("*.png"))) == 2 and len(list((tmp_path / "default").glob("*.png"))) == 2
