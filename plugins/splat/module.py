@@ -23,11 +23,12 @@ from typing import Any, Dict, List, Optional, Union
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .budgeted import BudgetedStrategy
+from .budgeted import BudgetedStrategy, prune_to_budget
 from .data import PosedImages
 from .render import render
 
@@ -155,9 +156,12 @@ class GaussianSplatModule(pl.LightningModule):
                                  "strategies need exactly one per parameter")
         self.strategy.check_sanity(self.splats, opts)
         n = len(self.splats["means"])
-        if isinstance(self.strategy, BudgetedStrategy) and n > self.strategy.budget:
-            raise ValueError(f"{n} starting Gaussians exceed the budget {self.strategy.budget}: start from fewer "
-                             "(num_points=) or prune first (sparsity_plugins.splat.prune_to_budget)")
+        if isinstance(self.strategy, BudgetedStrategy) and n > self.strategy.budget and not self.strategy_state:
+            # A budget below the starting count: scored pruning down to it before the first step, so
+            # the count never exceeds the budget (the bare strategy raises instead).
+            rank_zero_warn(f"{n} starting Gaussians exceed the budget {self.strategy.budget}: the lowest-scored "
+                           f"{n - self.strategy.budget} are pruned before training")
+            prune_to_budget(self.splats, opts, {}, self.strategy.budget, self.strategy)
         if not self.strategy_state:
             self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
 

@@ -86,6 +86,19 @@ def test_default_strategy_runs_and_renders_are_saved(tmp_path):
     assert len(paths) == 1 and Image.open(paths[0]).size == (2 * SIZE, SIZE)
 
 
+def test_a_budget_below_the_starting_count_is_reached_by_scored_pruning_before_the_first_step():
+    data = scene()
+    train, test = data.split([5])
+    init = random_splats(10, 0.5)
+    init["opacities"] = torch.linspace(-2, 2, 10)
+    module = GaussianSplatModule(train, test, BudgetedStrategy(budget=4, refine_start_iter=2), steps=3, splats=init)
+    watch = CountWatch()
+    with pytest.warns(UserWarning, match="lowest-scored 6 are pruned"):
+        trainer([watch]).fit(module)
+    assert max(watch.counts) <= 4
+    assert module.strategy_state["initial_count"] == 4
+
+
 def test_bad_input_is_refused_before_training():
     data = scene()
     train, test = data.split([5])
@@ -97,7 +110,5 @@ def test_bad_input_is_refused_before_training():
     small = PosedImages(torch.zeros(1, 8, 8, 3), data.viewmats[:1], data.Ks[:1])
     with pytest.raises(ValueError, match="val views"):
         GaussianSplatModule(train, small, BudgetedStrategy(budget=50), steps=5)
-    with pytest.raises(ValueError, match="exceed the budget 5"):
-        trainer().fit(GaussianSplatModule(train, test, BudgetedStrategy(budget=5), steps=5, num_points=10))
     with pytest.raises(ValueError, match="steps"):
         GaussianSplatModule(train, test, BudgetedStrategy(budget=50), steps=0)
