@@ -10,7 +10,9 @@ from importlib import import_module
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
             "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen",
             "GaussianSplatModule": "module", "random_splats": "module", "psnr": "module", "render": "render",
-            "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats"}
+            "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats",
+            "HashEncoding": "hashgrid", "SaliencyGrid": "hashgrid", "SaliencyADMM": "hashgrid_admm",
+            "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_callback", "SaliencyUsage": "hashgrid_callback"}
 
 __all__ = sorted(_EXPORTS)
 

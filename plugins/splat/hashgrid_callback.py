@@ -1,0 +1,272 @@
+"""``HashGridPruning``: HollowNeRF-style pruning of a hash encoding inside ``Trainer.fit``.
+
+    enc = HashEncoding(dim=3, levels=16, log2_table_size=19, saliency_resolution=32)
+    trainer = pl.Trainer(callbacks=[HashGridPruning(Cubic(start_step=500, end_step=3000, final_sparsity=0.65))])
+
+Xie et al., 2023, "HollowNeRF: Pruning Hashgrid-Based NeRFs with Trainable Collision
+Mitigation" (https://arxiv.org/abs/2308.10122). The LightningModule holds a
+:class:`~.hashgrid.HashEncoding` with a saliency grid ``G`` (``saliency_resolution=``). Then:
+
+- targets: one core :class:`~sparsity_core.targets.Target` per level, its table ``tables.<l>``
+  with ``Rows`` units: a unit is a hash entry (``F`` parameters), so the schedule's sparsity
+  is the fraction of hash-table parameters removed (``measure="params"``);
+- criterion (:class:`SaliencyUsage`): an entry's score is its saliency-weighted use
+  ``Σ_x s(x)·w_e(x)`` by the training points since the last update (``s`` the gate, ``w_e``
+  the interpolation weight); entries no salient point touches score 0 and go first;
+- allocator: the core's (global ranking by default) turns the schedule's budget into kept
+  entries per level; enforcement ``hard`` zeroes pruned entries, their gradients and Adam moments;
+- ADMM (:class:`~.hashgrid_admm.SaliencyADMM`): the penalty gradient is added to ``G.grad``
+  before each optimizer step, ``z`` and ``u`` are updated every ``admm_every`` steps; the
+  saliency budget follows ``saliency`` (default: the hash schedule itself, i.e. the fraction of
+  saliency mass kept equals the fraction of hash parameters kept);
+- end of fit (``remove=True``): pruned entries are removed from storage
+  (:meth:`~.hashgrid.HashEncoding.remove_entries`; the output does not change) and
+  :attr:`HashGridPruning.result` reports the parameters and bytes actually kept.
+
+``state_dict`` holds the core controller (masks, usage sums, schedule position) and the ADMM
+state ``z``, ``u``, so a resumed run continues identically.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+
+from sparsity_core.allocators.base import Allocator
+from sparsity_core.allocators.budget import check_sparsity
+from sparsity_core.allocators.global_rank import GlobalRank
+from sparsity_core.controller import SparsityController
+from sparsity_core.criteria.base import Criterion, ScoreContext
+from sparsity_core.layouts import Rows
+from sparsity_core.lightning.callback import SparsityCallback
+from sparsity_core.schedules.base import Schedule
+from sparsity_core.schedules.constant import one_shot
+from sparsity_core.targets import Target
+
+from .hashgrid import HashEncoding
+from .hashgrid_admm import SaliencyADMM
+
+log = logging.getLogger(__name__)
+
+
+class SaliencyUsage(Criterion):
+    """Score of a hash entry ``e``: mean over optimizer steps of ``Σ_x s(x)·w_e(x)``, the
+    gate-weighted interpolation weight with which the step's training points read it.
+
+    Statistics are recorded by the encoding's training forwards (``record_usage``) and
+    collected here once per optimizer step; they are plain tensors (:meth:`state_dict`).
+    """
+
+    needs_gradients = True  # observed at every optimizer step
+
+    def __init__(self, relative: bool = True) -> None:
+        self.relative = relative
+        self.encoding: Optional[HashEncoding] = None
+        self.level_of: Dict[str, int] = {}
+        self._sums: Dict[str, torch.Tensor] = {}
+        self._counts: Dict[str, int] = {}
+
+    def bind(self, encoding: HashEncoding, level_of: Dict[str, int]) -> None:
+        self.encoding, self.level_of = encoding, dict(level_of)
+
+    def observe(self, target: Target, context: ScoreContext) -> None:
+        if self.encoding is None:
+            raise RuntimeError("SaliencyUsage is not bound to a HashEncoding")
+        usage = self.encoding.take_usage(self.level_of[target.name])
+        if usage is None:
+            return
+        usage = usage.float()
+        if target.name in self._sums:
+            self._sums[target.name] += usage
+            self._counts[target.name] += 1
+        else:
+            self._sums[target.name], self._counts[target.name] = usage, 1
+
+    def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
+        if target.name not in self._sums:
+            raise ValueError(f"no usage recorded for {target.name!r}: the encoding must run training forwards "
+                             "(module.train(), record_usage=True) before an update step")
+        usage = self._sums[target.name] / self._counts[target.name]
+        if not self.relative:
+            return usage
+        total = usage.sum()
+        return usage * (usage.numel() / total) if total > 0 else usage
+
+    def reset(self) -> None:
+        self._sums.clear()
+        self._counts.clear()
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"sums": {k: v.detach().cpu().clone() for k, v in self._sums.items()}, "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        sums, counts = state.get("sums", {}), state.get("counts", {})
+        if set(sums) != set(counts):
+            raise ValueError("SaliencyUsage state: 'sums' and 'counts' cover different targets")
+        self._sums = {k: v.clone() for k, v in sums.items()}
+        self._counts = {k: int(v) for k, v in counts.items()}
+
+    def __repr__(self) -> str:
+        return f"SaliencyUsage(relative={self.relative})"
+
+
+def find_encoding(module: torch.nn.Module, name: Optional[str] = None):
+    """``(name, HashEncoding)`` of ``module``: the one named ``name``, or the only one."""
+    found = [(n, m) for n, m in module.named_modules() if isinstance(m, HashEncoding)]
+    if name is not None:
+        match = [(n, m) for n, m in found if n == name]
+        if not match:
+            raise ValueError(f"no HashEncoding named {name!r}; the module has {[n for n, _ in found] or 'none'}")
+        return match[0]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one HashEncoding in {type(module).__name__}, found "
+                         f"{[n for n, _ in found] or 'none'}; pass encoding='<module name>'")
+    return found[0]
+
+
+class HashGridPruning(SparsityCallback):
+    """Prune the hash entries of a gated :class:`~.hashgrid.HashEncoding` to a budget.
+
+    Args:
+        schedule: sparsity of the hash-table parameters (fraction removed): a core
+            :class:`Schedule` starting at step >= 1 (usage is measured on training steps),
+            or a float (then pruned once at step 1).
+        saliency: sparsity of the saliency mass for the ADMM budget ``C = (1 − s)·|G|``: a
+            float or a Schedule; default: ``schedule``.
+        rho: ADMM penalty weight ρ (see :class:`~.hashgrid_admm.SaliencyADMM`).
+        admm_every: z step and dual ascent every this many optimizer steps.
+        allocator: ``"global"`` (rank entries of all levels together), ``"uniform"`` (the same
+            fraction per level) or an :class:`Allocator`; default ``GlobalRank(min_keep_fraction=0.01)``.
+        encoding: module name of the encoding (default: the only ``HashEncoding``).
+        update_every: recompute the entry masks every this many optimizer steps within the schedule.
+        remove: remove the pruned entries from storage at the end of fit.
+    """
+
+    def __init__(self, schedule: Union[Schedule, float] = 0.65, saliency: Union[Schedule, float, None] = None,
+                 rho: float = 1e-5, admm_every: int = 16, allocator: Union[str, Allocator, None] = None,
+                 encoding: Optional[str] = None, update_every: int = 50, remove: bool = True,
+                 log_per_target: bool = False) -> None:
+        if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+            schedule = one_shot(check_sparsity(schedule), step=1)
+        super().__init__(schedule=schedule, criterion=SaliencyUsage(),
+                         allocator=allocator if allocator is not None else GlobalRank(min_keep_fraction=0.01),
+                         enforcement="hard", layout="row", update_every=update_every, measure="params",
+                         finalize=remove, log_per_target=log_per_target)
+        self.admm = SaliencyADMM(sparsity=self.schedule if saliency is None else saliency, rho=rho, every=admm_every)
+        self.encoding_name = encoding
+        self.encoding: Optional[HashEncoding] = None
+        self.admm_state: Optional[Dict[str, torch.Tensor]] = None
+        self._pending_admm: Optional[Dict[str, torch.Tensor]] = None
+        self.admm_log: Dict[str, float] = {}
+        self.result: Dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(schedule=repr(self.schedule), admm=repr(self.admm), encoding=self.encoding_name)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def build_controller(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> SparsityController:
+        name, enc = find_encoding(pl_module, self.encoding_name)
+        if enc.saliency is None:
+            raise ValueError(f"HashGridPruning needs a saliency grid on {name or 'the encoding'!r}: build it with "
+                             "HashEncoding(..., saliency_resolution=R)")
+        if any(enc.compacted(lv) for lv in range(enc.levels)):
+            raise ValueError(f"{name!r} already had entries removed; prune a dense encoding")
+        if self._pending_admm is not None:
+            self.admm._check(enc.saliency, self._pending_admm)
+        prefix = f"{name}." if name else ""
+        targets: List[Target] = [Target(name=f"{prefix}tables.{lv}", layout=Rows(0), param=enc.tables[lv],
+                                        module_name=name) for lv in range(enc.levels)]
+        self.criterion.bind(enc, {t.name: lv for lv, t in enumerate(targets)})
+        ctrl = SparsityController(targets, schedule=self.schedule, criterion=self.criterion, allocator=self.allocator,
+                                  enforcement=self.enforcement, update_every=self.update_every, measure="params",
+                                  model=pl_module)
+        self.encoding = enc
+        enc.record_usage = True
+        if self._pending_admm is not None:
+            self.admm_state, self._pending_admm = self._pending_admm, None
+        else:
+            self.admm_state = self.admm.initialize_state(enc.saliency)
+        return ctrl
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_fit_start(trainer, pl_module)
+        logits = self._enc().saliency.logits
+        owned = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        if id(logits) not in owned:
+            rank_zero_warn("HashGridPruning: the saliency logits are not in the optimizer (configure_optimizers "
+                           "should use self.parameters()); the gate stays fixed and ADMM cannot act")
+
+    # -- per optimizer step ---------------------------------------------------------------
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        ctrl = self._require()
+        grid = self._enc().saliency
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not ctrl.finalized and id(grid.logits) in owned and grid.logits.grad is not None:
+            self.admm.penalty_grad_(grid, self.admm_state)
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        advanced = trainer.global_step > self._seen_step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not advanced or self._require().finalized:
+            return
+        info = self.admm.step(self._enc().saliency, self.admm_state, trainer.global_step)
+        if info:
+            self.admm_log = info
+            for key, value in info.items():
+                pl_module.log(f"hashgrid/saliency_{key}", value, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.finalize and not self._require().finalized:
+            self.remove_now()
+
+    def remove_now(self) -> Dict[str, float]:
+        """Make the masks permanent and remove the pruned entries from storage now."""
+        ctrl, enc = self._require(), self._enc()
+        if ctrl.finalized:
+            raise RuntimeError("the hash entries were already removed")
+        ctrl.finalize()  # pruned rows are exactly zero
+        masks = [ctrl.masks.get(t.name) if ctrl.masks else None for t in ctrl.targets]
+        enc.record_usage = False
+        storage = enc.remove_entries(masks)
+        self.result = {**storage, "hash_sparsity_target": self.schedule.value(ctrl.step),
+                       "saliency_mass": float(enc.saliency.mass().detach()), "saliency_capacity": self.admm.capacity(
+                           enc.saliency, max(ctrl.step, 0))}
+        log.info("hash grid: kept %d of %d entries (%.1f%%), %d index bytes", storage["entries_kept"],
+                 storage["entries"], 100 * storage["kept_fraction"], storage["index_bytes"])
+        return self.result
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        admm = self.admm_state if self.admm_state is not None else self._pending_admm
+        if admm is not None:
+            state["admm"] = {k: v.detach().cpu().clone() for k, v in admm.items()}
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if "admm" not in state_dict:
+            raise ValueError(f"not a HashGridPruning state: keys {sorted(state_dict)}")
+        admm = {k: v.clone() for k, v in state_dict["admm"].items()}
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "admm"})
+        if self.encoding is None:
+            self._pending_admm = admm
+        else:
+            self.admm._check(self.encoding.saliency, admm)
+            self.admm_state = admm
+
+    def _enc(self) -> HashEncoding:
+        if self.encoding is None:
+            raise RuntimeError("HashGridPruning is not set up: it runs inside Trainer.fit")
+        return self.encoding
+
+    def __repr__(self) -> str:
+        return (f"HashGridPruning(schedule={self.schedule!r}, admm={self.admm!r}, allocator={self.allocator!r}, "
+                f"encoding={self.encoding_name!r}, update_every={self.update_every}, remove={self.finalize})")
