@@ -39,7 +39,7 @@ from sparsity_core.allocators.base import Allocator
 from sparsity_core.allocators.budget import check_sparsity
 from sparsity_core.allocators.global_rank import GlobalRank
 from sparsity_core.controller import SparsityController
-from sparsity_core.criteria.base import Criterion, ScoreContext
+from sparsity_core.criteria.base import AccumulatingCriterion, ScoreContext
 from sparsity_core.layouts import Rows
 from sparsity_core.lightning.callback import SparsityCallback
 from sparsity_core.schedules.base import Schedule
@@ -52,7 +52,7 @@ from .hashgrid_admm import SaliencyADMM
 log = logging.getLogger(__name__)
 
 
-class SaliencyUsage(Criterion):
+class SaliencyUsage(AccumulatingCriterion):
     """Score of a hash entry ``e``: mean over optimizer steps of ``Σ_x s(x)·w_e(x)``, the
     gate-weighted interpolation weight with which the step's training points read it.
 
@@ -63,11 +63,10 @@ class SaliencyUsage(Criterion):
     needs_gradients = True  # observed at every optimizer step
 
     def __init__(self, relative: bool = True) -> None:
+        super().__init__()
         self.relative = relative
         self.encoding: Optional[HashEncoding] = None
         self.level_of: Dict[str, int] = {}
-        self._sums: Dict[str, torch.Tensor] = {}
-        self._counts: Dict[str, int] = {}
 
     def bind(self, encoding: HashEncoding, level_of: Dict[str, int]) -> None:
         self.encoding, self.level_of = encoding, dict(level_of)
@@ -78,12 +77,7 @@ class SaliencyUsage(Criterion):
         usage = self.encoding.take_usage(self.level_of[target.name])
         if usage is None:
             return
-        usage = usage.float()
-        if target.name in self._sums:
-            self._sums[target.name] += usage
-            self._counts[target.name] += 1
-        else:
-            self._sums[target.name], self._counts[target.name] = usage, 1
+        self._accumulate(target.name, usage.float())
 
     def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
         if target.name not in self._sums:
@@ -94,20 +88,6 @@ class SaliencyUsage(Criterion):
             return usage
         total = usage.sum()
         return usage * (usage.numel() / total) if total > 0 else usage
-
-    def reset(self) -> None:
-        self._sums.clear()
-        self._counts.clear()
-
-    def state_dict(self) -> Dict[str, object]:
-        return {"sums": {k: v.detach().cpu().clone() for k, v in self._sums.items()}, "counts": dict(self._counts)}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        sums, counts = state.get("sums", {}), state.get("counts", {})
-        if set(sums) != set(counts):
-            raise ValueError("SaliencyUsage state: 'sums' and 'counts' cover different targets")
-        self._sums = {k: v.clone() for k, v in sums.items()}
-        self._counts = {k: int(v) for k, v in counts.items()}
 
     def __repr__(self) -> str:
         return f"SaliencyUsage(relative={self.relative})"

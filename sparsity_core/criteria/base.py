@@ -75,13 +75,16 @@ class AccumulatingCriterion(Criterion):
         grad = context.grad(target)
         if grad is None:
             return
-        stat = self.statistic(target, context.weight(target), grad).to(torch.float32)
-        if target.name in self._sums and self._sums[target.name].shape == stat.shape:
-            self._sums[target.name] += stat
-            self._counts[target.name] += 1
+        self._accumulate(target.name, self.statistic(target, context.weight(target), grad).to(torch.float32))
+
+    def _accumulate(self, name: str, stat: torch.Tensor) -> None:
+        """Add one observation (a new shape, e.g. after a resize, restarts the sum)."""
+        if name in self._sums and self._sums[name].shape == stat.shape:
+            self._sums[name] += stat
+            self._counts[name] += 1
         else:
-            self._sums[target.name] = stat.clone()
-            self._counts[target.name] = 1
+            self._sums[name] = stat.clone()
+            self._counts[name] = 1
 
     def accumulated(self, target: Target) -> torch.Tensor:
         if target.name not in self._sums:
