@@ -5,7 +5,7 @@ renderer, hash-grid pruning.
 """
 from __future__ import annotations
 
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
             "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen",
@@ -17,7 +17,4 @@ _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "impo
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -36,6 +36,7 @@ parameters and the optimizer moments.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
@@ -48,6 +49,7 @@ from sparsity_core.schedules.growth import GrowthToBudget
 from ._deps import gsplat
 from .scores import DEFAULT_WEIGHTS, check_weights, importance
 
+log = logging.getLogger(__name__)
 Strategy = gsplat("strategy").Strategy
 _ops = gsplat("strategy.ops")
 
@@ -157,8 +159,8 @@ class BudgetedStrategy(Strategy):
             n_pruned = self._prune(params, optimizers, state, step)
             n_dupli, n_split = self._grow(params, optimizers, state, step)
             if self.verbose:
-                print(f"step {step}: pruned {n_pruned}, cloned {n_dupli}, split {n_split}; "
-                      f"{len(params['means'])} of {self.budget} Gaussians")
+                log.info("step %d: pruned %d, cloned %d, split %d; %d of %d Gaussians", step, n_pruned, n_dupli,
+                         n_split, len(params["means"]), self.budget)
             for key in ("grad2d", "count", "hits", "blend", "loss_hits", "depth_inv"):
                 if state[key] is not None:
                     state[key].zero_()

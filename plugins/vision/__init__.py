@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from .._lazy import lazy_getattr
+
 _EXPORTS = {
     "ChannelPruning": "callback",
     "discover_channel_groups": "groups", "ChannelGroup": "groups", "ChannelGroups": "groups",
@@ -36,7 +38,4 @@ def register() -> None:
     import_module(f"{__name__}.sparse_ift")
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
