@@ -2,6 +2,7 @@
 generated graph (TEDDY + projected-ℓ₀ weights, and UGS)."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse")
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "graph_sparsify.py"
+from .shared_data import SHARED_DATA as SHARED
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,10 @@ def test_distillation_without_baseline_is_refused(recipe, tmp_path):
                      "--trainer.max_epochs", "1", "--output", str(tmp_path)])
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "tudataset", "MUTAG")), reason="../shared/data is not present")
 def test_gtsp_run_removes_flops_and_writes_the_report(recipe, tmp_path):
-    report = recipe.main(["gtsp", "--trainer.max_epochs", "2", "--model.channels", "16", "--model.heads", "2",
+    report = recipe.main(["gtsp", "--data.root", SHARED, "--data.cache_dir", str(tmp_path / "data"),
+                          "--trainer.max_epochs", "2", "--model.channels", "16", "--model.heads", "2",
                           "--model.layers", "2", "--gtsp.flops", "0.3", "--output", str(tmp_path)])
     assert report["gtsp_mflops_per_graph"] <= 0.7 * report["dense_mflops_per_graph"] + 1e-9
     assert 0.0 <= report["gtsp_acc"] <= 1.0 and "dense_acc" in report

@@ -1,7 +1,6 @@
 """The hash-grid pruning recipe end to end: its command line and a tiny run on a lego view."""
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,13 @@ import torch
 pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse")
 pytest.importorskip("PIL", reason="the lego view is read with pillow")
 
+from .shared_data import SHARED_DATA
+
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "hashgrid_prune.py"
-SHARED = Path(os.environ.get("SPARSITY_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = Path(SHARED_DATA)
 VIEW = SHARED / "nerf_synthetic_lego" / "lego" / "train" / "r_0.png"
 
 
@@ -40,7 +41,7 @@ def test_help_lists_every_group_of_options(recipe, capsys):
 
 @pytest.mark.skipif(not VIEW.exists(), reason=f"lego view not found at {VIEW}")
 def test_tiny_run_writes_report_and_a_loadable_compacted_field(recipe, tmp_path, capsys):
-    report = recipe.main(["--data.size", "32", "--data.batch_size", "256", "--data.test_points", "512",
+    report = recipe.main(["--data.root", str(SHARED), "--data.size", "32", "--data.batch_size", "256", "--data.test_points", "512",
                           "--model.levels", "4", "--model.log2_table_size", "8", "--model.base_resolution", "4",
                           "--model.hidden", "16", "--pruning.keep", "0.4", "--pruning.saliency_resolution", "5",
                           "--trainer.max_steps", "40", "--threads", str(torch.get_num_threads()),
@@ -56,7 +57,7 @@ def test_tiny_run_writes_report_and_a_loadable_compacted_field(recipe, tmp_path,
                               saliency_resolution=5)
     field.load_state_dict(torch.load(tmp_path / "pruned_state_dict.pt", weights_only=True))
     assert sum(t.numel() for t in field.encoding.tables) == saved["storage"]["params_kept"]
-    data = recipe.LegoImage(size=32, test_points=512)
+    data = recipe.LegoImage(size=32, test_points=512, root=str(SHARED))
     data.setup()
     assert field.psnr(*data.test) == pytest.approx(saved["pruned_psnr"], abs=1e-4)
     assert "summary: PSNR change" in capsys.readouterr().out

@@ -9,9 +9,7 @@ import pytest
 pytest.importorskip("gsplat", reason="the splat extra (gsplat) is not installed")
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "splat_budget.py"
-SHARED = next((p for p in (os.environ.get("SPARSITY_SHARED_DATA", ""),
-                           os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-                           "/work/shared/data") if p and os.path.isdir(p)), "")
+from .shared_data import SHARED_DATA as SHARED
 LEGO = os.path.join(SHARED, "nerf_synthetic_lego", "lego")
 
 

@@ -11,9 +11,7 @@ from torch_geometric.utils import is_undirected  # noqa: E402
 from sparsity_plugins.graph import (GCN, GIN, grid_graph, karate_club, node_datamodule, planetoid,  # noqa: E402
                                     sbm_graph, sparse_input_dropout, tudataset)
 
-SHARED = next((p for p in (os.environ.get("SPARSITY_SHARED_DATA", ""),
-                            os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data"),
-                            "/work/shared/data") if p and os.path.isdir(p)), "")
+from ...shared_data import SHARED_DATA as SHARED  # noqa: E402
 
 
 def test_grid_graph_has_exactly_the_four_neighbour_edges():

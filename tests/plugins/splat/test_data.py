@@ -9,9 +9,7 @@ import torch
 pytest.importorskip("PIL", reason="the splat extra (pillow) is not installed")
 from sparsity_plugins.splat.data import PosedImages, load_nerf_synthetic, load_npz, viewmats_from_blender  # noqa: E402
 
-SHARED = next((p for p in (os.environ.get("SPARSITY_SHARED_DATA", ""),
-                           os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data"),
-                           "/work/shared/data") if p and os.path.isdir(p)), "")
+from ...shared_data import SHARED_DATA as SHARED  # noqa: E402
 LEGO = os.path.join(SHARED, "nerf_synthetic_lego")
 
 
