@@ -1,9 +1,7 @@
 """The graph sparsification recipe end to end: its command line and tiny runs on a
 generated graph (TEDDY + projected-ℓ₀ weights, and UGS)."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +9,16 @@ import torch
 pytest.importorskip("torch_geometric", reason="the graph extra (torch_geometric) is not installed")
 pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse")
 
+from .recipes import load_recipe  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "graph_sparsify.py"
 from .shared_data import SHARED_DATA as SHARED
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("graph_sparsify", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("graph_sparsify.py")
 
 
 def test_unknown_task_prints_usage(recipe):

@@ -1,5 +1,4 @@
 """The hash-grid pruning recipe end to end: its command line and a tiny run on a lego view."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,20 +10,17 @@ pytest.importorskip("PIL", reason="the lego view is read with pillow")
 
 from .shared_data import SHARED_DATA
 
+from .recipes import load_recipe  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "hashgrid_prune.py"
 SHARED = Path(SHARED_DATA)
 VIEW = SHARED / "nerf_synthetic_lego" / "lego" / "train" / "r_0.png"
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("hashgrid_prune", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("hashgrid_prune.py")
 
 
 def test_help_lists_every_group_of_options(recipe, capsys):

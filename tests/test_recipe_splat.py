@@ -1,24 +1,21 @@
 """The splat budget recipe end to end on a few lego views (tiny run) and its argument checks."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gsplat", reason="the splat extra (gsplat) is not installed")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "splat_budget.py"
 from .shared_data import SHARED_DATA as SHARED
 LEGO = os.path.join(SHARED, "nerf_synthetic_lego", "lego")
 
 
+from .recipes import load_recipe  # noqa: E402
+
+
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("splat_budget", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("splat_budget.py")
 
 
 def test_bad_arguments_exit_with_a_message(recipe, capsys):

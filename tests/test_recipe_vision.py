@@ -1,7 +1,5 @@
 """The vision channel-pruning recipe end to end: its command line and a tiny run on digits."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,17 +9,15 @@ pytest.importorskip("torch_pruning", reason="the vision extra (torch-pruning) is
 pytest.importorskip("jsonargparse", reason="the vision extra (jsonargparse) is not installed")
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (dev extra)")
 
+from .recipes import load_recipe  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vision_channel_pruning.py"
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("vision_channel_pruning", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("vision_channel_pruning.py")
 
 
 def test_help_lists_every_group_of_options(recipe, capsys):

@@ -30,6 +30,12 @@ class Schedule:
     def value(self, step: int) -> float:
         raise NotImplementedError
 
+    def progress(self, step: int) -> float:
+        """Fraction of ``start_step..end_step`` done at ``step``, in [0, 1]."""
+        if self.end_step == self.start_step:
+            return 1.0 if step >= self.start_step else 0.0
+        return min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
+
     @property
     def final(self) -> float:
         return self.value(self.end_step)
@@ -54,9 +60,6 @@ class Ramp(Schedule):
         if self.end_step == self.start_step:
             raise ValueError(f"a ramp needs end_step > start_step, got {self.start_step}..{self.end_step}")
 
-    def progress(self, step: int) -> float:
-        """Fraction of the ramp done at ``step``, in [0, 1]."""
-        return min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
 
     def shape(self, t: float) -> float:
         """Ramp shape on [0, 1] -> [0, 1] (0 = initial, 1 = final)."""

@@ -37,9 +37,6 @@ class GrowthToBudget(Schedule):
         if self.end_step == self.start_step:
             raise ValueError(f"growth needs end_step > start_step, got {self.start_step}..{self.end_step}")
 
-    def progress(self, step: int) -> float:
-        return min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
-
     def value(self, step: int) -> float:
         t = self.progress(step)
         return 2.0 * t - t * t
