@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from _common import mean_std, parser, progress, result, start, table, target
 from _data import mnist_split
 from _train import Classifier, accuracy
+from sparsity_core.lightning import SparsityCallback
 from sparsity_core.schedules.constant import Constant
 from sparsity_plugins.vision import ChannelPruning, MaskSparsity
 from sparsity_plugins.vision.report import count_macs_params
@@ -63,16 +64,15 @@ def tp_prune_to_half(model, x):
     return best
 
 
-class RemoveAfter(ChannelPruning):
-    """ChannelPruning that removes the channels at the end of a given epoch."""
+class RemoveAfter(pl.Callback):
+    """Removes the channels of a ChannelPruning program at the end of a given epoch."""
 
-    def __init__(self, remove_epoch: int, **kwargs):
-        super().__init__(remove=False, **kwargs)
-        self.remove_epoch = remove_epoch
+    def __init__(self, program: ChannelPruning, remove_epoch: int):
+        self.program, self.remove_epoch = program, remove_epoch
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == self.remove_epoch:
-            self.remove_now(trainer)
+            self.program.remove_now(trainer)
 
 
 def run(method, train, test, epochs, seed):
@@ -89,9 +89,9 @@ def run(method, train, test, epochs, seed):
         fit(module, train, epochs - 1, seed + 1)
     else:
         steps = (len(train[1]) + BATCH - 1) // BATCH
-        cb = RemoveAfter(remove_epoch=epochs - 2, schedule=Constant(sparsity=0.5, start_step=steps),
-                         criterion="bn_scale", enforcement=MaskSparsity(strength=5e-3), measure="macs")
-        fit(module, train, epochs, seed, [cb])
+        program = ChannelPruning(Constant(sparsity=0.5, start_step=steps), criterion="bn_scale",
+                                 enforcement=MaskSparsity(strength=5e-3), measure="macs", finalize=False)
+        fit(module, train, epochs, seed, [SparsityCallback(programs=[program]), RemoveAfter(program, epochs - 2)])
     macs = count_macs_params(module.net, x)["macs"]
     return accuracy(module.net, *test), dense_macs / macs
 

@@ -7,7 +7,7 @@ once before training; the model trains and is tested on the sparsified graph:
 
 - random: ``dropout_edge(p, force_undirected=True)`` once, seeded;
 - TEDDY: :class:`sparsity_plugins.graph.TEDDY` (degree-based scores, undirected pairs);
-- UGS: the :class:`sparsity_plugins.graph.UGS` callback in a Lightning ``Trainer``, edges
+- UGS: the :class:`sparsity_plugins.graph.UGS` program in a Lightning ``Trainer``, edges
   only (weight_rate=0, so the column compares edge selection), 3 rounds of 100 steps
   (quick: 30) with the per-round rate that reaches the level, λ_g = 1e-2, rewinding to
   initialization; the ticket's graph (kept edges) then trains from initialization exactly as
@@ -34,6 +34,7 @@ from torch_geometric.utils import dropout_edge, to_undirected
 
 from _common import mean_std, parser, progress, result, start, table, target
 from _data import SHARED, WORK
+from sparsity_core import SparsityCallback
 from sparsity_plugins.graph import GCN, TEDDY, UGS, NodeClassifier, node_datamodule, planetoid, rate_for, teddy_mask
 
 UGS_ROUNDS = 3
@@ -78,7 +79,8 @@ def ugs_eval(data, removed: float, seed: int, epochs: int, round_steps: int):
     module = NodeClassifier(GCN(data.num_features, int(data.y.max()) + 1, cached=True))
     cb = UGS(rounds=UGS_ROUNDS, steps_per_round=round_steps, edge_rate=rate_for(removed, UGS_ROUNDS),
              weight_rate=0.0, edge_l1=1e-2)
-    trainer = pl.Trainer(max_steps=UGS_ROUNDS * round_steps, callbacks=[cb], logger=False, limit_val_batches=0,
+    trainer = pl.Trainer(max_steps=UGS_ROUNDS * round_steps, callbacks=[SparsityCallback(programs=[cb])], logger=False,
+                         limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=node_datamodule(data))
     return train_eval(data, cb.kept_edge_index(), seed, epochs), cb.sparsity_report()["edges"]

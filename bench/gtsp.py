@@ -39,7 +39,9 @@ from _common import mean_std, median, parser, progress, quiet, result, rotations
 from _data import SHARED, WORK
 from sparsity_core.schedules import Cubic
 from sparsity_plugins.graph import GraphGPS
-from sparsity_plugins.graph.gtsp_callback import GTSP
+from sparsity_core import SparsityCallback
+from sparsity_plugins.graph.gtsp_config import GTSPConfig
+from sparsity_plugins.graph.gtsp_program import GTSP
 from sparsity_plugins.graph.gtsp_flops import count_flops
 
 CONFIGS = ("dense", "gtsp", "gtsp+w50")
@@ -105,19 +107,20 @@ def callback(config: str, total: int):
         return None
     ramp = dict(start_step=max(1, total // 10), end_step=max(2, 6 * total // 10))
     weights = Cubic(**ramp, final_sparsity=0.5) if config == "gtsp+w50" else 0.0
-    return GTSP(flops=Cubic(**ramp, final_sparsity=GOAL_FLOPS), weights=weights, finalize=False,
-                update_every=max(1, total // 50), weight_update_every=max(1, total // 50))
+    config = GTSPConfig(flops=Cubic(**ramp, final_sparsity=GOAL_FLOPS), update_every=max(1, total // 50))
+    return GTSP(config=config, weights=weights, finalize=False, weight_update_every=max(1, total // 50))
 
 
 @torch.no_grad()
 def finalize(cb, net, ds) -> float:
     """Finalize by hand (weight zeros, then structure) and return max |finalized − gated|
     over the logits of the whole data set (both in eval)."""
-    cb.controller.finalize()
+    if cb.weights is not None:
+        cb.weights.finalize()
     net.eval()
     batches = list(DataLoader(ds, batch_size=64))
     gated = [net(b.x, b.edge_index, b.batch, b.edge_attr) for b in batches]
-    cb.result = cb.gtsp.finalize()
+    cb.result = cb.controller.finalize()
     final = [net(b.x, b.edge_index, b.batch, b.edge_attr) for b in batches]
     return max(float((a - b).abs().max()) for a, b in zip(gated, final))
 
@@ -130,12 +133,14 @@ def run(ds, train_idx, test_idx, config: str, epochs: int, seed: int):
     net = GraphGPS(ds.num_node_features, ds.num_edge_features, ds.num_classes)
     cb = callback(config, total)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb] if cb else [])
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SparsityCallback(programs=[cb])] if cb else [])
     trainer.fit(Module(net), loader)
     info = {}
     if cb is not None:
         diff = finalize(cb, net, ds)
-        info = dict(cb.result, weight_sparsity=cb.controller.sparsity("params"), diff=diff)
+        weight_sparsity = cb.weights.controller.sparsity("params") if cb.weights is not None else 0.0
+        info = dict(cb.result, weight_sparsity=weight_sparsity, diff=diff)
     return net, accuracy(net, ds[torch.tensor(test_idx)]), info
 
 

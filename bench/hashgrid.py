@@ -53,9 +53,10 @@ from typing import Dict, List, Optional
 import pytorch_lightning as pl
 
 from _common import parser, progress, result, start, table, target
+from sparsity_core import SparsityCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-from hashgrid_prune import TRAINER_DEFAULTS, ImageField, LegoImage, pruning_callback  # noqa: E402
+from hashgrid_prune import TRAINER_DEFAULTS, ImageField, LegoImage, pruning_program  # noqa: E402
 
 KEEPS = (0.5, 0.35, 0.25)
 MODEL = dict(levels=16, log2_table_size=14, features=2, base_resolution=16, max_resolution=256)
@@ -81,8 +82,8 @@ def run(data: LegoImage, steps: int, keep: Optional[float], seed: int, **model) 
     callbacks: List[pl.Callback] = [timer]
     pruning = None
     if keep is not None:
-        pruning = pruning_callback(keep, steps)
-        callbacks.append(pruning)
+        pruning = pruning_program(keep, steps)
+        callbacks.append(SparsityCallback(programs=[pruning]))
     pl.Trainer(max_steps=steps, callbacks=callbacks, **TRAINER_DEFAULTS).fit(field, datamodule=data)
     storage = field.encoding.storage()
     return {"psnr": field.psnr(*data.test), "params": storage["params_kept"], "dense_params": storage["params_dense"],

@@ -47,7 +47,7 @@ from torch_geometric.utils import dropout_edge
 
 from sparsity_core.lightning import SparsityCallback
 from sparsity_core.schedules import Constant, Cubic
-from sparsity_plugins.graph import (GCN, GIN, GTSP, TEDDY, UGS, GraphClassifier, GraphGPS, NodeClassifier,
+from sparsity_plugins.graph import (GCN, GIN, GTSP, TEDDY, UGS, GraphClassifier, GraphGPS, GTSPConfig, NodeClassifier,
                                     count_flops, node_datamodule, planetoid, rate_for, sbm_graph, tudataset)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ class NodeData(pl.LightningDataModule):
             30/30/rest train/val/test per block).
         root: folder holding ``planetoid/Cora/raw`` (copied into ``cache_dir``).
         sparsifier: ``teddy``, ``random`` (``dropout_edge``, undirected), ``ugs`` (the
-            graph stays whole here; the UGS callback learns which edges to keep) or ``none``.
+            graph stays whole here; the UGS program learns which edges to keep) or ``none``.
         keep_ratio: fraction of the (undirected) edges kept.
     """
 
@@ -189,7 +189,7 @@ def run_node(cli: NodeCLI) -> Dict[str, Any]:
         weight_rate = rate_for(cfg.weights.sparsity, cfg.ugs.rounds) if cfg.weights.sparsity else 0.0
         ugs = UGS(rounds=cfg.ugs.rounds, steps_per_round=cfg.ugs.steps_per_round,
                   edge_rate=rate_for(1.0 - cfg.data.keep_ratio, cfg.ugs.rounds), weight_rate=weight_rate)
-        callbacks.append(ugs)
+        callbacks.append(SparsityCallback(programs=[ugs]))
     elif cfg.weights.sparsity > 0:
         callbacks.append(SparsityCallback(Constant(sparsity=cfg.weights.sparsity), enforcement="projected_l0",
                                           update_every=1, log_per_target=False))
@@ -198,10 +198,10 @@ def run_node(cli: NodeCLI) -> Dict[str, Any]:
     report["test_acc"] = model.best_test(after_step=search_steps)
 
     if cfg.data.sparsifier == "ugs":
-        edge_index = callbacks[0].kept_edge_index()
+        edge_index = callbacks[0].programs[0].kept_edge_index()
     else:
         edge_index = data.data.edge_index
-    report["weight_sparsity"] = callbacks[0].sparsity_report()["global"] if callbacks else 0.0
+    report["weight_sparsity"] = callbacks[0].programs[0].sparsity_report()["global"] if callbacks else 0.0
     report.update(edges_total=int(data.full.edge_index.size(1)), edges_kept=int(edge_index.size(1)),
                   fit_s=time.perf_counter() - start)
 
@@ -330,9 +330,10 @@ def run_gtsp(cli: GTSPCLI) -> Dict[str, Any]:
     lo, hi = cfg.gtsp.ramp
     ramp = dict(start_step=max(1, int(lo * total)), end_step=max(2, int(hi * total)))
     weights = Cubic(**ramp, final_sparsity=cfg.gtsp.weights) if cfg.gtsp.weights else 0.0
-    cb = GTSP(flops=Cubic(**ramp, final_sparsity=cfg.gtsp.flops), weights=weights, kinds=tuple(cfg.gtsp.kinds),
-              update_every=max(1, total // 50), weight_update_every=max(1, total // 50))
-    _trainer(epochs, [cb]).fit(model, datamodule=data)
+    config = GTSPConfig(flops=Cubic(**ramp, final_sparsity=cfg.gtsp.flops), kinds=tuple(cfg.gtsp.kinds),
+                        update_every=max(1, total // 50))
+    cb = GTSP(config=config, weights=weights, weight_update_every=max(1, total // 50))
+    _trainer(epochs, [SparsityCallback(programs=[cb])]).fit(model, datamodule=data)
     model.eval()
     with torch.no_grad():
         acc = sum(int((model(b).argmax(-1) == b.y).sum()) for b in data.val_dataloader()) / len(data.test_idx)

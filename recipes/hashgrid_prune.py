@@ -21,7 +21,7 @@ Two fits from the same seed, the same steps and the same data:
 
 1. dense (``--baseline true``): the plain hash encoding, no gate;
 2. pruned: the encoding with a ``--pruning.saliency_resolution``² saliency grid and
-   :class:`~sparsity_plugins.splat.hashgrid_callback.HashGridPruning`: dense training until
+   :class:`~sparsity_plugins.splat.hashgrid_pruning.HashGridPruning`: dense training until
    ``--pruning.start`` of the steps, then the kept fraction of hash parameters ramps (cubic,
    a core schedule) down to ``--pruning.keep`` at ``--pruning.end`` while ADMM drives the
    saliency mass to the same fraction; fine-tuning with the final masks; at the end the
@@ -55,7 +55,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sparsity_core.schedules import Cubic
 from sparsity_plugins.splat.hashgrid import HashEncoding
-from sparsity_plugins.splat.hashgrid_callback import HashGridPruning
+from sparsity_core import SparsityCallback
+from sparsity_plugins.splat.hashgrid_pruning import HashGridPruning
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPARSITY_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -190,7 +191,7 @@ class ImageField(pl.LightningModule):
 
 
 # -- the run -----------------------------------------------------------------------------
-def pruning_callback(keep: float, steps: int, start: float = 0.2, end: float = 0.6, rho: float = 1e-5,
+def pruning_program(keep: float, steps: int, start: float = 0.2, end: float = 0.6, rho: float = 1e-5,
                      admm_every: int = 16, allocator: str = "global", update_every: int = 25) -> HashGridPruning:
     """HashGridPruning whose cubic ramp runs from ``start`` to ``end`` (fractions of ``steps``)."""
     if not 0.0 < keep <= 1.0 or not 0.0 <= start < end <= 1.0:
@@ -260,9 +261,9 @@ def run(cli: RecipeCLI) -> Dict[str, Any]:
     hp["saliency_resolution"] = cfg.pruning.saliency_resolution
     pl.seed_everything(cfg.seed_everything, verbose=False)
     pruned = ImageField(**hp)
-    pruning = pruning_callback(cfg.pruning.keep, steps, cfg.pruning.start, cfg.pruning.end, cfg.pruning.rho,
+    pruning = pruning_program(cfg.pruning.keep, steps, cfg.pruning.start, cfg.pruning.end, cfg.pruning.rho,
                                cfg.pruning.admm_every, cfg.pruning.allocator)
-    report["pruned_fit_s"] = fit(pruned, data, cli.instantiate_trainer(callbacks=[pruning]))
+    report["pruned_fit_s"] = fit(pruned, data, cli.instantiate_trainer(callbacks=[SparsityCallback(programs=[pruning])]))
     report["pruned_psnr"] = pruned.psnr(*data.test)
     report["storage"] = pruning.result
     report["mlp_params"] = sum(p.numel() for p in pruned.mlp.parameters())

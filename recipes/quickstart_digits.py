@@ -109,7 +109,7 @@ def main() -> None:
     print(f"{'run':<10}{'test acc':>10}{'nonzero params':>18}{'of':>12}{'fit s':>8}")
     print(f"{'dense':<10}{dense_acc:>10.4f}{dn:>18,}{total:>12,}{dense_s:>8.1f}")
     print(f"{'sparse':<10}{sparse_acc:>10.4f}{sn:>18,}{total:>12,}{sparse_s:>8.1f}")
-    report = cb.sparsity_report()
+    report = cb.weights.sparsity_report()
     print(f"\nper-layer sparsity (global magnitude, cubic to {args.sparsity:.0%}; pruned weights: "
           f"{report['global']:.2%} of {sum(t.num_units for t in cb.controller.targets):,})")
     for t in cb.controller.targets:

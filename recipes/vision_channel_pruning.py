@@ -53,6 +53,7 @@ from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from sparsity_core.lightning import SparsityCallback
 from sparsity_core.schedules import Cosine, Cubic, Exponential, Linear
 from sparsity_plugins.vision import (ChannelPruning, format_report, optimize_for_inference, pruning_report,
                                      save_pruned)
@@ -297,8 +298,9 @@ class TimmClassifier(pl.LightningModule):
 
 
 # -- pruning in phases -------------------------------------------------------------------
-class PhasedChannelPruning(ChannelPruning):
-    """ChannelPruning over epoch phases: dense, pruning (masks ramp), removal, fine-tuning.
+class PhasedChannelPruning(SparsityCallback):
+    """A :class:`ChannelPruning` program over epoch phases: dense, pruning (masks ramp),
+    removal, fine-tuning.
 
     Args:
         sparsity: fraction of ``measure`` removed at the end of the pruning phase.
@@ -313,7 +315,7 @@ class PhasedChannelPruning(ChannelPruning):
         allocator: global (rank the units of all groups together) or uniform (same ratio per group).
         enforcement: group (pruned slices zeroed), mask_sparsity (L1 toward the mask) or group_envelope.
         round_to: kept channel counts are multiples of this.
-        ignore: regular expressions of module names never pruned (the classifier never is).
+        exclude: regular expressions of module names never pruned (the classifier never is).
         prune_heads: attention heads are units (ViT).
         prune_embed_dim: also prune a transformer's embedding dimension.
         verbose: print one line per epoch.
@@ -324,31 +326,32 @@ class PhasedChannelPruning(ChannelPruning):
                  prune_epochs: int = 3, finetune_epochs: int = 3, mask_updates: int = 10,
                  criterion: str = "group_l2", allocator: Literal["global", "uniform"] = "global",
                  enforcement: Literal["group", "mask_sparsity", "group_envelope"] = "group", round_to: int = 8,
-                 ignore: Optional[List[str]] = None, prune_heads: bool = True, prune_embed_dim: bool = False,
+                 exclude: Optional[List[str]] = None, prune_heads: bool = True, prune_embed_dim: bool = False,
                  verbose: bool = True) -> None:
         if not 0.0 < sparsity < 1.0:
             raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
         if dense_epochs < 0 or prune_epochs < 1 or finetune_epochs < 0 or mask_updates < 1:
             raise ValueError(f"need dense_epochs >= 0, prune_epochs >= 1, finetune_epochs >= 0, mask_updates >= 1; "
                              f"got {dense_epochs}, {prune_epochs}, {finetune_epochs}, {mask_updates}")
-        super().__init__(sparsity, criterion=criterion, allocator=allocator, enforcement=enforcement, measure=measure,
-                         round_to=round_to, ignore=ignore or (), prune_heads=prune_heads,
-                         prune_embed_dim=prune_embed_dim, remove=True, log_per_target=False)
-        self.sparsity, self.ramp = sparsity, RAMPS[schedule]
+        self.program = ChannelPruning(sparsity, criterion=criterion, allocator=allocator, enforcement=enforcement,
+                                      measure=measure, round_to=round_to, exclude=exclude, prune_heads=prune_heads,
+                                      prune_embed_dim=prune_embed_dim, finalize=False)
+        super().__init__(programs=[self.program], log_per_target=False)
+        self.sparsity, self.measure, self.ramp = sparsity, measure, RAMPS[schedule]
         self.epochs = (dense_epochs, prune_epochs, finetune_epochs)
         self.mask_updates, self.verbose = mask_updates, verbose
         self.dense_state: Optional[Dict[str, torch.Tensor]] = None
         self._t0 = 0.0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.controller is None:  # steps are known once the data is set up
+        if stage == "fit" and self.program.controller is None:  # steps are known once the data is set up
             dense, prune, _ = self.epochs
             if trainer.max_epochs != sum(self.epochs) or trainer.max_steps != -1:
                 raise ValueError(f"the trainer must run the phases' {sum(self.epochs)} epochs and no max_steps")
             per_epoch = max(1, trainer.estimated_stepping_batches // trainer.max_epochs)
-            self.schedule = self.ramp(start_step=dense * per_epoch, end_step=(dense + prune) * per_epoch,
-                                      final_sparsity=self.sparsity)
-            self.update_every = max(1, prune * per_epoch // self.mask_updates)
+            self.program.schedule = self.ramp(start_step=dense * per_epoch, end_step=(dense + prune) * per_epoch,
+                                              final_sparsity=self.sparsity)
+            self.program.update_every = max(1, prune * per_epoch // self.mask_updates)
         super().setup(trainer, pl_module, stage)
 
     def phase(self, epoch: int) -> str:
@@ -372,13 +375,13 @@ class PhasedChannelPruning(ChannelPruning):
             self._snapshot(pl_module)
         removing = epoch == dense + prune - 1
         if removing:
-            self.remove_now(trainer)
+            self.program.remove_now(trainer)
         if self.verbose:
             m = trainer.callback_metrics
             acc = f"  val acc {float(m['val_acc']):.4f}" if "val_acc" in m else ""
             print(f"epoch {epoch + 1:>3}/{trainer.max_epochs} {self.phase(epoch):<8} loss "
                   f"{float(m.get('train_loss', float('nan'))):.4f}{acc}  {self.measure} sparsity "
-                  f"{self.schedule.value(trainer.global_step):4.0%}{'  channels removed' if removing else ''}"
+                  f"{self.program.schedule.value(trainer.global_step):4.0%}{'  channels removed' if removing else ''}"
                   f"  {time.perf_counter() - self._t0:.1f} s", flush=True)
 
 
@@ -447,7 +450,7 @@ def run(cli: RecipeCLI) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report_json(report))
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False))
-    save_pruned(pruned_opt, out / "model", info={**export_info, "record": pruning.record.to_json(),
+    save_pruned(pruned_opt, out / "model", info={**export_info, "record": pruning.program.record.to_json(),
                                                   "record_prefix": "net.", "model_name": cfg.model.model_name})
 
     print(f"\n{cfg.model.model_name} on {cfg.data.dataset} ({cfg.data.img_size}x{cfg.data.img_size}), "

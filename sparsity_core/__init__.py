@@ -11,14 +11,20 @@ from typing import Any
 from . import allocators, criteria, enforcement, schedules  # noqa: F401  (registers components)
 from .allocators import ERK, LAMP, Allocator, Budget, GlobalRank, Uniform
 from .controller import SparsityController
-from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor
+from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor, Wanda
 from .discovery import discover_targets
 from .enforcement import (SRSTE, DecayingMask, Enforcement, HardMask, ProjectedL0, PruneRegrow, SoftShrink,
                           StraightThrough)
 from .layouts import NM, Channels, Elements, Rows, UnitLayout
+from .mask_program import MaskProgram, WeightSparsity
 from .masks import MaskSet
+from .observe import ActivationObserver, InputStats, observe
+from .oneshot import OneShotResult, one_shot_prune
+from .ops import append_rows, rebind_optimizer, replace_parameter, select_rows
+from .program import Host, Program
 from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS, LAYOUTS, SCHEDULES, Registry, UnknownNameError
-from .schedules import Constant, Cosine, Cubic, Exponential, Iterative, Linear, Schedule, StepwiseNM, one_shot
+from .schedules import (Constant, Cosine, Cubic, Exponential, FunctionSchedule, GrowthToBudget, Iterative, Linear,
+                        Schedule, StepwiseNM, as_schedule, one_shot)
 from .targets import Target
 
 __version__ = "0.1.0"
@@ -30,7 +36,10 @@ __all__ = [
     "Iterative", "LAMP", "Linear", "Magnitude", "MaskSet", "Movement", "NM", "RandomScores", "Registry", "Rows",
     "Schedule", "ScoreContext", "SparsityCallback", "SparsityController", "StraightThrough", "Target", "Taylor",
     "Uniform", "UnitLayout", "UnknownNameError", "discover_targets", "one_shot", "SRSTE", "DecayingMask",
-    "PruneRegrow", "SoftShrink", "StepwiseNM",
+    "PruneRegrow", "SoftShrink", "StepwiseNM", "Program", "Host", "MaskProgram", "WeightSparsity",
+    "FunctionSchedule", "GrowthToBudget", "as_schedule", "ActivationObserver", "InputStats", "observe",
+    "OneShotResult", "one_shot_prune", "Wanda", "append_rows", "rebind_optimizer", "replace_parameter",
+    "select_rows",
 ]
 
 

@@ -19,7 +19,7 @@ enforcement. Everything it knows is in :meth:`state_dict` (plain tensors and num
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,21 +30,18 @@ from .criteria.base import Criterion, ScoreContext
 from .enforcement.base import Enforcement
 from .masks import MaskSet
 from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS
+from .selection import build_component, score_targets, select_masks
 from .schedules.base import Schedule
-from .schedules.constant import Constant
+from .schedules.function import as_schedule
 from .sync import LocalSync
 from .targets import Target
+from .validation import check_int
+
+#: Keys of :meth:`SparsityController.state_dict`; a state missing one is refused before any change.
+STATE_KEYS = ("targets", "masks", "step", "last_update_step", "current_sparsity", "history", "criterion",
+              "enforcement", "snapshot", "generator", "finalized")
 
 log = logging.getLogger(__name__)
-
-
-def _build(registry, spec, base: type, what: str):
-    obj = registry.build(spec)
-    if isinstance(obj, type):
-        obj = obj()
-    if not isinstance(obj, base):
-        raise TypeError(f"{what} must be a name in {registry.names()} or a {base.__name__}, got {type(obj).__name__}")
-    return obj
 
 
 class SparsityController:
@@ -52,7 +49,8 @@ class SparsityController:
 
     Args:
         targets: what may be pruned (see :func:`sparsity_core.discovery.discover_targets`).
-        schedule: a :class:`Schedule`, or a float for one-shot pruning at step 0.
+        schedule: a :class:`Schedule`, a float for one-shot pruning at step 0, or a callable
+            ``step -> sparsity``.
         criterion, allocator, enforcement: a registered name or an instance.
         update_every: recompute masks every this many optimizer steps within the schedule.
         measure: what the schedule's sparsity counts: ``"units"``, ``"params"`` or ``"macs"``.
@@ -65,7 +63,7 @@ class SparsityController:
     def __init__(
         self,
         targets: Sequence[Target],
-        schedule: Union[Schedule, float],
+        schedule: Union[Schedule, float, Callable[[int], float]],
         criterion: Union[str, Criterion] = "magnitude",
         allocator: Union[str, Allocator] = "global",
         enforcement: Union[str, Enforcement] = "hard",
@@ -81,19 +79,15 @@ class SparsityController:
         names = [t.name for t in targets]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate target names: {sorted({n for n in names if names.count(n) > 1})}")
-        if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
-            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
+        check_int(update_every, "update_every", minimum=1)
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
-        if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
-            schedule = Constant(sparsity=float(schedule))
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a Schedule or a float sparsity, got {type(schedule).__name__}")
+        schedule = as_schedule(schedule)
         self.targets: List[Target] = list(targets)
         self.schedule = schedule
-        self.criterion: Criterion = _build(CRITERIA, criterion, Criterion, "criterion")
-        self.allocator: Allocator = _build(ALLOCATORS, allocator, Allocator, "allocator")
-        self.enforcement: Enforcement = _build(ENFORCEMENTS, enforcement, Enforcement, "enforcement")
+        self.criterion: Criterion = build_component(CRITERIA, criterion, Criterion, "criterion")
+        self.allocator: Allocator = build_component(ALLOCATORS, allocator, Allocator, "allocator")
+        self.enforcement: Enforcement = build_component(ENFORCEMENTS, enforcement, Enforcement, "enforcement")
         self.update_every = update_every
         self.measure = measure
         self.model = model
@@ -115,22 +109,26 @@ class SparsityController:
     # -- configuration checks -------------------------------------------------------------
     def _check_schedule_feasible(self) -> None:
         """Fail at construction, not mid-run, when the final budget is infeasible."""
-        if self.criterion.needs_gradients and self.is_update_step(0) and self.schedule.value(0) > 0:
+        if self.observes_training and self.is_update_step(0) and self.schedule.value(0) > 0:
             raise ValueError(
-                f"criterion {self.criterion!r} scores from gradients, but the schedule prunes at step 0 before any "
-                "gradient exists; start the schedule at step >= 1 (start_step=...)"
+                f"criterion {self.criterion!r} scores from gradients or training forwards, but the schedule prunes "
+                "at step 0 before any training step; start the schedule at step >= 1 (start_step=...)"
             )
-        layout_at = getattr(self.schedule, "layout_at", None)
-        if layout_at is not None:
-            for step in (self.schedule.start_step, self.schedule.end_step):
+        for step in (self.schedule.start_step, self.schedule.end_step):
+            layout = self.schedule.layout_at(step)
+            if layout is not None:
                 for t in self.targets:
                     if t.param is not None:
-                        layout_at(step).validate(t.shape, t.name)
-        final = self.schedule.final
-        if final <= 0:
+                        layout.validate(t.shape, t.name)
+        if self.schedule.final <= 0:
             return
         fake_scores = {t.name: torch.zeros(t.num_units) for t in self.targets}
-        self.allocator.allocate(self.targets, fake_scores, Budget(sparsity=final, measure=self.measure))
+        self.allocator.allocate(self.targets, fake_scores, self.budget_at(self.schedule.end_step))
+
+    @property
+    def observes_training(self) -> bool:
+        """The criterion collects statistics at optimizer steps (gradients or training forwards)."""
+        return self.criterion.observes in ("step", "forward")
 
     @property
     def target_map(self) -> Dict[str, Target]:
@@ -154,7 +152,7 @@ class SparsityController:
         """Gradients are final: accumulate criterion statistics, then let masks act on them."""
         if self.finalized:
             return
-        if self.criterion.needs_gradients:
+        if self.observes_training:
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
             ctx = self.context()
             for t in self.targets:  # targets without a parameter (channel groups...) see every step
@@ -189,20 +187,7 @@ class SparsityController:
 
     # -- mask computation -----------------------------------------------------------------
     def compute_scores(self, step: int) -> Dict[str, torch.Tensor]:
-        ctx = self.context(step)
-        scores = {}
-        for t in self.targets:
-            s = self.criterion.score(t, ctx).reshape(-1).float()
-            if s.numel() != t.num_units:
-                raise ValueError(f"criterion {self.criterion!r} returned {s.numel()} scores for {t.describe()}")
-            if not torch.isfinite(s).all():
-                bad = int((~torch.isfinite(s)).sum())
-                raise ValueError(
-                    f"criterion {self.criterion!r} produced {bad} NaN/Inf score(s) for {t.name!r} at step {step}; "
-                    "masks left unchanged (check the weights/gradients for divergence)"
-                )
-            scores[t.name] = s
-        return self.all_reduce(scores)
+        return self.all_reduce(score_targets(self.criterion, self.targets, self.context(step)))
 
     def all_reduce(self, scores: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Average per-target statistics over ranks (one collective for all targets)."""
@@ -215,13 +200,16 @@ class SparsityController:
             offset += s.numel()
         return out
 
-    def masks_for(self, sparsity: float, scores: Mapping[str, torch.Tensor]) -> MaskSet:
-        keep = self.allocator.allocate(self.targets, scores, Budget(sparsity=sparsity, measure=self.measure))
-        masks = MaskSet()
-        for t in self.targets:
-            dev = t.param.device if t.param is not None else None
-            masks[t.name] = t.layout.select(scores[t.name], keep[t.name], t.shape).to(dev)
-        return masks
+    def budget_at(self, step: int) -> Budget:
+        """The schedule's budget at ``step`` (with its sub-budgets, for a budget tree)."""
+        return Budget(sparsity=self.schedule.value(step), measure=self.measure, groups=self.schedule.group_values(step))
+
+    def masks_for(self, budget: Union[Budget, float], scores: Mapping[str, torch.Tensor]) -> MaskSet:
+        """Masks for ``budget`` (a float: that sparsity, with the sub-budgets of the last update)."""
+        if not isinstance(budget, Budget):
+            step = self.last_update_step if self.last_update_step is not None else max(self.step, 0)
+            budget = Budget(sparsity=budget, measure=self.measure, groups=self.schedule.group_values(step))
+        return select_masks(self.allocator, self.targets, scores, budget)
 
     def recompute(self, step: int) -> None:
         sparsity = self.schedule.value(step)
@@ -229,7 +217,7 @@ class SparsityController:
         if sparsity == 0.0 and not self.masks:  # nothing to prune yet: no scores needed
             new = MaskSet.dense(self.targets)
         else:
-            new = self.masks_for(sparsity, self.compute_scores(step))
+            new = self.masks_for(self.budget_at(step), self.compute_scores(step))
         rewinding = self.snapshot is not None and sparsity > self.current_sparsity
         self.replace_masks(new, step, target_sparsity=sparsity, rewind=rewinding)
         self.criterion.reset()
@@ -238,21 +226,22 @@ class SparsityController:
 
     def _apply_layout(self, step: int) -> None:
         """Schedules that move through unit layouts (stepwise N:M) set them here."""
-        layout_at = getattr(self.schedule, "layout_at", None)
-        if layout_at is None:
+        layout = self.schedule.layout_at(step)
+        if layout is None:
             return
-        layout = layout_at(step)
         for t in self.targets:
             if t.param is not None:
                 t.layout = layout
 
     def replace_masks(self, new: MaskSet, step: int, target_sparsity: Optional[float] = None,
-                      rewind: bool = False, event: str = "update") -> None:
+                      rewind: bool = False, event: str = "update", only_if_changed: bool = False) -> None:
         """Install ``new`` masks (identical on every rank) and let the enforcement act.
 
         Used by scheduled updates and by regimes that change masks themselves
-        (prune-and-regrow). Records a history entry with the fraction of units whose state
-        changed (the sparse architecture divergence between consecutive masks).
+        (prune-and-regrow, projection): the one path by which masks change. Records a history
+        entry with the fraction of units whose state changed (the sparse architecture
+        divergence between consecutive masks); with ``only_if_changed`` (regimes that
+        re-project every step) only when some unit changed.
         """
         if self.sync_world_size > 1:
             new = MaskSet(self.sync.broadcast(new.state_dict()))
@@ -269,6 +258,8 @@ class SparsityController:
             entry["target_sparsity"] = target_sparsity
         if previous is not None:
             entry["changed"] = new.changed_fraction(previous)
+        if only_if_changed and entry.get("changed", 1.0) == 0.0:
+            return
         self.history.append(entry)
         log.debug("step %d: masks %s, sparsity %.4f", step, event, entry["sparsity"])
 
@@ -278,7 +269,7 @@ class SparsityController:
 
     # -- lottery-ticket rewinding ---------------------------------------------------------
     def _maybe_snapshot(self, step: int) -> None:
-        rewind_step = getattr(self.schedule, "rewind_step", None)
+        rewind_step = self.schedule.snapshot_step
         if rewind_step is None or self.snapshot is not None or step != rewind_step:
             return
         if self.model is None:
@@ -351,22 +342,36 @@ class SparsityController:
                 raise ValueError(f"saved mask for {name!r} has shape {tuple(mask.shape)}, expected {ours.get(name)}")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. The whole state is checked first (keys, targets, mask
+        shapes, criterion and enforcement state); on any error nothing has changed."""
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"sparsity controller state is missing {missing}; it was not written by this "
+                             "version's SparsityController.state_dict()")
         self.check_state(state)
-        masks = MaskSet()
         tmap = self.target_map
+        masks = MaskSet()
         for name, mask in state["masks"].items():
             dev = tmap[name].param.device if tmap[name].param is not None else None
             masks[name] = mask.to(dev)
-        self.criterion.load_state_dict(state.get("criterion", {}))
-        self.enforcement.load_state_dict(state.get("enforcement", {}))
+        generator = torch.Generator()
+        generator.set_state(state["generator"])  # raises on a malformed RNG state, before any change
+        saved_criterion, saved_enforcement = self.criterion.state_dict(), self.enforcement.state_dict()
+        try:
+            self.criterion.load_state_dict(state["criterion"])
+            self.enforcement.load_state_dict(state["enforcement"])
+        except Exception:
+            self.criterion.load_state_dict(saved_criterion)
+            self.enforcement.load_state_dict(saved_enforcement)
+            raise
         self.masks = masks
         self.step = int(state["step"])
         self.last_update_step = state["last_update_step"]
         self.current_sparsity = float(state["current_sparsity"])
-        self.history = [dict(h) for h in state.get("history", [])]
-        self.snapshot = state.get("snapshot")
+        self.history = [dict(h) for h in state["history"]]
+        self.snapshot = state["snapshot"]
         self.generator.set_state(state["generator"])
-        self.finalized = bool(state.get("finalized", False))
+        self.finalized = bool(state["finalized"])
         self.to_devices()
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Iterable, List, Sequence, Set, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .layouts import UnitLayout, parse_layout
 from .targets import Target
@@ -25,7 +26,7 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 Patterns = Union[None, str, Sequence[str]]
 
 
-def _as_patterns(patterns: Patterns, what: str) -> List[re.Pattern]:
+def as_patterns(patterns: Patterns, what: str) -> List[re.Pattern]:
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -70,16 +71,28 @@ def classifier_heads(model: nn.Module) -> Set[str]:
 
 
 def candidate_weights(model: nn.Module, skip_head: bool = True) -> List[tuple]:
-    """``(module_name, param_name, fqn, param)`` for every weight the defaults allow."""
+    """``(module_name, param_name, fqn, param)`` for every weight the defaults allow.
+
+    A module with ``torch.nn.utils.parametrize`` parametrizations counts as a leaf, and a
+    parametrized weight is targeted through its stored tensor (``<module>.parametrizations.
+    <name>.original``): the mask acts on what the optimizer trains, under the parametrization
+    (a head gate, a learnable mask).
+    """
     heads = classifier_heads(model) if skip_head else set()
     out = []
     for mod_name, module in model.named_modules():
-        is_leaf = next(module.children(), None) is None
+        parametrized = parametrize.is_parametrized(module)
+        is_leaf = all(name == "parametrizations" for name, _ in module.named_children()) if parametrized \
+            else next(module.children(), None) is None
         if not (is_leaf or isinstance(module, nn.MultiheadAttention)):
             continue
         if _is_norm(module) or isinstance(module, _EMBEDDINGS) or mod_name in heads:
             continue
-        for p_name, param in module.named_parameters(recurse=False):
+        params = list(module.named_parameters(recurse=False))
+        if parametrized:
+            params += [(f"parametrizations.{name}.original", plist.original)
+                       for name, plist in module.parametrizations.items() if hasattr(plist, "original")]
+        for p_name, param in params:
             if param.dim() < 2 or not param.requires_grad:
                 continue
             fqn = f"{mod_name}.{p_name}" if mod_name else p_name
@@ -110,7 +123,7 @@ def discover_targets(
             divisible by M). Nothing in the model is changed.
     """
     layout = parse_layout(layout)
-    inc, exc = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    inc, exc = as_patterns(include, "include"), as_patterns(exclude, "exclude")
     candidates = candidate_weights(model, skip_head=skip_head)
     for pattern in inc:
         if not any(pattern.search(c[0]) for c in candidates):

@@ -27,8 +27,9 @@ ENTRY_POINT_GROUP = "sparsity_suite.plugins"
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """An unknown component name; the message lists the valid names."""
+class UnknownNameError(KeyError, ValueError):
+    """An unknown component name (a ``KeyError``, and a ``ValueError`` like every other bad
+    configuration); the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and add quotes
         return str(self.args[0]) if self.args else ""

@@ -10,11 +10,18 @@ resize it as the scene grows (:meth:`Target.resize`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import torch
 
 from .layouts import Elements, UnitLayout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .criteria.base import ScoreContext
+
+#: ``values(weight, grad)`` -> an element-wise tensor shaped like ``weight`` (``grad`` may be
+#: ``None``; return ``None`` to skip that tensor).
+ElementValues = Callable[[torch.Tensor, Optional[torch.Tensor]], Optional[torch.Tensor]]
 
 
 @dataclass(eq=False)
@@ -73,6 +80,19 @@ class Target:
         if num_units < 0:
             raise ValueError(f"num_units must be >= 0, got {num_units}")
         self.shape = (int(num_units),)
+
+    def unit_reduce(self, values: ElementValues, context: "ScoreContext") -> Optional[torch.Tensor]:
+        """``Σ_{e∈u} values(w, g)_e`` for every unit ``u``: the one accessor criteria read a
+        target through. A weight target sums over its layout's units (``context.weight``
+        gives the weights to score: a straight-through regime's dense copy); targets that
+        span slices of several tensors (channel groups, heads) override this and sum over
+        every slice a unit owns. Returns ``None`` when ``values`` skipped every tensor
+        (e.g. no gradient yet)."""
+        if self.param is None:
+            raise ValueError(f"target {self.name!r} has no tensor to read; its plugin scores it with its own "
+                             "criterion")
+        out = values(context.weight(self), context.grad(self))
+        return None if out is None else self.layout.reduce_sum(out)
 
     def expand_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The stored mask viewed so it broadcasts against the target's tensor."""

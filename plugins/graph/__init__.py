@@ -2,9 +2,9 @@
 
 ``torch_geometric`` is imported only when a function needs it
 (``pip install 'sparsity-suite[graph]'``). TEDDY degree-based edge sparsification
-(:mod:`.teddy`), graph lottery tickets (:mod:`.ugs`, the :class:`UGS` callback), spectral
+(:mod:`.teddy`), graph lottery tickets (:mod:`.ugs`, the :class:`UGS` program), spectral
 quality (:mod:`.spectral`), the dyGRASS dynamic spectral sparsifier (:mod:`.dygrass`), GTSP
-graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` callback),
+graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` program),
 reference models and offline data loaders.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from .._lazy import lazy_getattr
 
 _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy",
             "distillation_loss": "teddy", "relative_condition_number": "spectral", "laplacian": "spectral",
-            "EdgeMask": "ugs", "WeightMask": "ugs", "RoundRates": "ugs", "rate_for": "ugs", "UGS": "ugs_callback",
+            "EdgeMask": "ugs", "WeightMask": "ugs", "rate_for": "ugs", "UGS": "ugs_program",
             "GCN": "models", "GIN": "models", "GraphGPS": "models", "NodeClassifier": "node_module", "GraphClassifier": "graph_module", "sparse_input_dropout": "models",
             "planetoid": "datasets", "tudataset": "datasets", "karate_club": "datasets", "sbm_graph": "datasets",
             "grid_graph": "datasets", "node_datamodule": "datasets",
             "DynamicSparsifier": "dygrass", "grass_sparsifier": "dygrass",
-            "GTSP": "gtsp_callback", "GTSPController": "gtsp", "find_gps_layers": "gtsp", "GTSPConfig": "gtsp_config",
+            "GTSP": "gtsp_program", "GTSPController": "gtsp", "find_gps_layers": "gtsp", "GTSPConfig": "gtsp_config",
             "GTSPPlan": "gtsp_plan", "count_flops": "gtsp_flops", "attention_flops": "gtsp_flops",
             "FlopsReport": "gtsp_flops", "LayerCost": "gtsp_flops", "PrunedAttention": "gtsp_attention",
             "GTSPLayer": "gtsp_gates", "HeadGate": "gtsp_gates", "PrunedGPSLayer": "gtsp_gates",

@@ -7,8 +7,8 @@ gates trained end to end with the task loss (:mod:`.gtsp_gates`); a FLOPs budget
 core :class:`~sparsity_core.schedules.base.Schedule` (e.g. ``Cubic``) and, at every update
 step, closes the units with the least Taylor importance per FLOP until
 ``F ≤ (1 − s(step))·F_dense`` (:mod:`.gtsp_plan`); weights are left to the core
-(:class:`~sparsity_plugins.graph.gtsp_callback.GTSP` runs a magnitude/cubic
-``SparsityCallback`` on the linear weights). :meth:`GTSPController.finalize` then removes
+(the :class:`~sparsity_plugins.graph.gtsp_program.GTSP` program runs the core's
+``WeightSparsity`` on the linear weights). :meth:`GTSPController.finalize` then removes
 closed heads (smaller attention), closed layers (identity) and dropped tokens (induced
 subgraphs) for real; the finalized model computes what the gated model computes in eval.
 
@@ -47,15 +47,7 @@ from .gtsp_plan import GTSPPlan, allocate, total_flops
 log = logging.getLogger(__name__)
 
 __all__ = ["GTSPConfig", "GTSPController", "GTSPPlan", "PrunedAttention", "PrunedGPSLayer", "SkipLayer",
-           "count_flops", "find_gps_layers"]  # and GTSP (the Lightning callback), imported lazily
-
-
-def __getattr__(name: str):
-    if name == "GTSP":  # the Lightning callback, imported only when asked for
-        from .gtsp_callback import GTSP
-
-        return GTSP
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+           "count_flops", "find_gps_layers"]
 
 
 def find_gps_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

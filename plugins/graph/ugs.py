@@ -23,22 +23,15 @@ user's loss stays unchanged.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from sparsity_core.allocators.base import Allocator
-from sparsity_core.allocators.budget import Budget
-from sparsity_core.allocators.global_rank import GlobalRank
-from sparsity_core.targets import Target
 
 from ._deps import torch_geometric
 from .teddy import _undirected_key, check_edge_index
 
-# The Iterative schedule counts rounds: after r rounds its sparsity is 1 - ROUND_DENSITY**r.
-ROUND_DENSITY = 0.5
 EDGE_MASK_NAME = "ugs_edge_mask"
 
 
@@ -120,60 +113,8 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-class RoundRates(Allocator):
-    """Iterative pruning with one rate per group of targets.
-
-    The budget's sparsity ``s`` encodes the number of completed rounds,
-    ``r = log(1 − s) / log(round_density)``; group ``g`` with per-round rate ``p_g`` keeps
-    ``⌊(1 − p_g)^r · n_g⌋`` of its ``n_g`` units, ranked globally across the group's targets
-    (Frankle & Carbin, 2019, prune convolutional and dense layers at different rates too).
-    """
-
-    def __init__(self, groups: Sequence[Tuple[Sequence[str], float]], round_density: float = ROUND_DENSITY) -> None:
-        super().__init__(min_keep_units=0)
-        for names, rate in groups:
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"per-round rate must be in [0, 1), got {rate!r}")
-        self.groups = [(list(names), float(rate)) for names, rate in groups]
-        self.round_density = round_density
-
-    def rounds(self, budget: Budget) -> int:
-        if budget.sparsity is None:
-            raise ValueError("RoundRates needs a sparsity budget (the round clock of an Iterative schedule)")
-        return round(math.log(1.0 - budget.sparsity) / math.log(self.round_density)) if budget.sparsity else 0
-
-    def allocate(self, targets: Sequence[Target], scores: Mapping[str, Tensor], budget: Budget) -> Dict[str, int]:
-        r = self.rounds(budget)
-        by_name = {t.name: t for t in targets}
-        keep: Dict[str, int] = {}
-        for names, rate in self.groups:
-            members = [by_name[n] for n in names if n in by_name]
-            if members:
-                sparsity = 1.0 - (1.0 - rate) ** r
-                keep.update(GlobalRank(min_keep_units=0).allocate(members, scores, Budget(sparsity=sparsity)))
-        missing = sorted(set(by_name) - set(keep))
-        if missing:
-            raise ValueError(f"targets in no RoundRates group: {missing}")
-        return keep
-
-    def __repr__(self) -> str:
-        return f"RoundRates(rates={[rate for _, rate in self.groups]}, round_density={self.round_density})"
-
-
 def rate_for(removed: float, rounds: int) -> float:
     """Per-round rate that removes the fraction ``removed`` in ``rounds`` rounds."""
     if not 0.0 <= removed < 1.0:
         raise ValueError(f"removed must be in [0, 1), got {removed!r}")
     return 1.0 - (1.0 - removed) ** (1.0 / rounds)
-
-
-def _check_rate(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{what} must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_nonneg(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
-        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
-    return float(value)

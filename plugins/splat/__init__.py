@@ -12,7 +12,7 @@ _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "impo
             "GaussianSplatModule": "module", "random_splats": "module", "psnr": "module", "render": "render",
             "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats",
             "HashEncoding": "hashgrid", "SaliencyGrid": "hashgrid", "SaliencyADMM": "hashgrid_admm",
-            "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_callback", "SaliencyUsage": "hashgrid_callback"}
+            "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_pruning", "SaliencyUsage": "hashgrid_pruning"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -3,7 +3,10 @@
 Taming 3DGS (Mallick et al., 2024, "Taming 3DGS: High-Quality Radiance Fields with Limited
 Resources"): instead of densifying every Gaussian whose image-plane gradient is high (3DGS;
 Kerbl et al., 2023), the number of Gaussians follows a concave curve from the initial count
-``S`` to the budget ``B`` (:class:`sparsity_core.schedules.GrowthToBudget`). At each
+``S`` to the budget ``B`` (:class:`sparsity_core.schedules.GrowthToBudget`, read through its
+``count(step)``). The curve ends on the last step on which refinement actually happens
+(:attr:`BudgetedStrategy.last_refine_step`, before ``refine_stop_iter``): ending it at
+``refine_stop_iter`` itself would leave the last refinement short of ``B``. At each
 refinement step:
 
 1. prune: Gaussians with σ(opacity) < ``prune_opa`` (and, after the first opacity reset,
@@ -36,8 +39,8 @@ parameters and the optimizer moments.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
@@ -104,6 +107,22 @@ class BudgetedStrategy(Strategy):
             raise ValueError(f"appearance_quantile must be in (0, 1), got {self.appearance_quantile!r}")
         self.score_weights = check_weights(self.score_weights)
 
+    def refines_at(self, step: int) -> bool:
+        """Whether :meth:`step_post_backward` refines (prunes and grows) at ``step``."""
+        return (self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0
+                and step % self.reset_every >= self.pause_refine_after_reset)
+
+    @property
+    def last_refine_step(self) -> Optional[int]:
+        """The last step on which refinement happens (``None`` if none does): the growth
+        curve ends there, so the last refinement grows to exactly ``budget``."""
+        step = (self.refine_stop_iter - 1) // self.refine_every * self.refine_every
+        while step > self.refine_start_iter:
+            if self.refines_at(step):
+                return step
+            step -= self.refine_every
+        return None
+
     # -- gsplat's interface ---------------------------------------------------------------
     def check_sanity(self, params, optimizers) -> None:
         """gsplat's checks (one param group per optimizer, keys match), raised as
@@ -142,8 +161,11 @@ class BudgetedStrategy(Strategy):
                 raise ValueError(f"the scene has {n} Gaussians, above the budget {self.budget}: call "
                                  "prune_to_budget(params, optimizers, state, budget) first (scored pruning)")
             state["initial_count"] = n
-            state["schedule"] = GrowthToBudget(start_step=self.refine_start_iter, end_step=self.refine_stop_iter,
-                                               initial_count=n, budget=self.budget)
+            # No refinement at all (a window without a multiple of refine_every): the curve is
+            # never read, it only needs a valid end.
+            end = self.last_refine_step or self.refine_stop_iter
+            state["schedule"] = GrowthToBudget(start_step=self.refine_start_iter, end_step=end, initial_count=n,
+                                               budget=self.budget)
         info[self.key_for_gradient].retain_grad()
 
     def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, info: Dict[str, Any],
@@ -154,8 +176,7 @@ class BudgetedStrategy(Strategy):
         if step >= self.refine_stop_iter:
             return
         self._update_state(params, state, info, packed)
-        if (step > self.refine_start_iter and step % self.refine_every == 0
-                and step % self.reset_every >= self.pause_refine_after_reset):
+        if self.refines_at(step):
             n_pruned = self._prune(params, optimizers, state, step)
             n_dupli, n_split = self._grow(params, optimizers, state, step)
             if self.verbose:
@@ -217,17 +238,19 @@ class BudgetedStrategy(Strategy):
         return out
 
     def target_count(self, state: Dict[str, Any], step: int) -> int:
+        """The count allowed after refining at ``step``, read from the core schedule
+        (``GrowthToBudget.count``), never above ``budget``. Taming: the curve at ``step``.
+        Turbo: the curve at the growth progress ``t`` (advanced here by one refinement
+        interval × speed), i.e. at the step ``start + t·(end − start)`` of the curve."""
         schedule: GrowthToBudget = state["schedule"]
         if self.mode == "taming":
-            return schedule.count(step)
-        interval = self.refine_every / (self.refine_stop_iter - self.refine_start_iter)
+            return min(self.budget, schedule.count(step))
+        span = schedule.end_step - schedule.start_step
         before, now = state["loss_at_refine"], state["loss_ema"]
         plateau = before is not None and now is not None and (before - now) < self.plateau_tol * abs(before)
         speed = self.turbo_fast if plateau else self.turbo_slow
-        state["progress"] = min(1.0, state["progress"] + speed * interval)
-        t = state["progress"]
-        grown = schedule.initial_count + (self.budget - schedule.initial_count) * (2.0 * t - t * t)
-        return min(self.budget, int(math.floor(grown + 1e-9)))
+        state["progress"] = min(1.0, state["progress"] + speed * self.refine_every / span)
+        return min(self.budget, schedule.count(schedule.start_step + state["progress"] * span))
 
     # -- refinement -----------------------------------------------------------------------
     @torch.no_grad()
@@ -303,3 +326,55 @@ def prune_to_budget(params, optimizers, state: Dict[str, Any], budget: int, stra
     drop[torch.topk(score, budget).indices] = False
     _ops.remove(params=params, optimizers=optimizers, state=state, mask=drop)
     return n - budget
+
+
+# -- checkpoints: the state as plain data ------------------------------------------------
+_STATE_CLASSES = {"GrowthToBudget": GrowthToBudget}  # dataclasses a strategy state may hold
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def state_to_plain(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A strategy state (``initialize_state()``'s dict, ours or gsplat's) as plain data a
+    checkpoint can hold and ``torch.load(..., weights_only=True)`` can read: tensors
+    (detached copies), numbers, strings and ``None`` as they are, a ``GrowthToBudget`` as
+    ``{"dataclass": "GrowthToBudget", "fields": {...}}`` (its fields, not a pickled object).
+    Anything else raises ``ValueError`` naming the key."""
+    if not isinstance(state, dict):
+        raise ValueError(f"a strategy state is a dict, got {type(state).__name__}")
+    out: Dict[str, Any] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ValueError(f"strategy state keys must be strings, got {key!r}")
+        if isinstance(value, Tensor):
+            out[key] = value.detach().clone()
+        elif isinstance(value, _PLAIN):
+            out[key] = value
+        elif _STATE_CLASSES.get(type(value).__name__) is type(value):
+            out[key] = {"dataclass": type(value).__name__, "fields": dataclasses.asdict(value)}
+        else:
+            raise ValueError(f"strategy state {key!r} holds a {type(value).__name__}: only tensors, numbers, strings, "
+                             f"None and {sorted(_STATE_CLASSES)} can be checkpointed")
+    return out
+
+
+def state_from_plain(plain: Dict[str, Any]) -> Dict[str, Any]:
+    """The inverse of :func:`state_to_plain`: a new dict (the input is not changed), the
+    dataclasses rebuilt (and so validated) from their fields. Malformed input raises
+    ``ValueError`` naming the key."""
+    if not isinstance(plain, dict):
+        raise ValueError(f"a saved strategy state is a dict, got {type(plain).__name__}")
+    out: Dict[str, Any] = {}
+    for key, value in plain.items():
+        if isinstance(value, (Tensor,) + _PLAIN):
+            out[key] = value
+            continue
+        name = value.get("dataclass") if isinstance(value, dict) else None
+        cls = _STATE_CLASSES.get(name) if isinstance(name, str) else None
+        if cls is None or not isinstance(value.get("fields"), dict):
+            raise ValueError(f"saved strategy state {key!r} is not plain data or a known dataclass "
+                             f"({sorted(_STATE_CLASSES)}): {value!r}")
+        try:
+            out[key] = cls(**value["fields"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"saved strategy state {key!r}: bad {cls.__name__} fields: {err}") from err
+    return out

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from sparsity_core.ops import replace_parameter, select_rows
 
 PRIMES = (1, 2654435761, 805459861)
 _U32 = 0xFFFFFFFF
@@ -225,11 +227,15 @@ class HashEncoding(nn.Module):
 
     # -- removal --------------------------------------------------------------------------
     @torch.no_grad()
-    def remove_entries(self, masks: Sequence[Optional[Tensor]]) -> Dict[str, float]:
+    def remove_entries(self, masks: Sequence[Optional[Tensor]], optimizers: Any = ()) -> Dict[str, float]:
         """Keep only the entries where ``masks[l]`` is True (``None``: keep the level as is).
 
         Validates every mask first (nothing changes on error). The output afterwards equals
-        the output with the removed rows zeroed. Returns :meth:`storage`.
+        the output with the removed rows zeroed. Each compacted table is a new parameter:
+        ``optimizers`` (one or several) holding the old table get the new one in the same
+        ``param_groups`` slot with the kept rows of its state (Adam moments), see
+        :func:`sparsity_core.ops.replace_parameter`; optimizers not passed keep stepping the
+        old tables. Returns :meth:`storage`.
         """
         if len(masks) != self.levels:
             raise ValueError(f"need one mask per level ({self.levels}), got {len(masks)}")
@@ -244,19 +250,20 @@ class HashEncoding(nn.Module):
         for lv, m in enumerate(masks):
             if m is None or bool(m.all()):
                 continue
-            table = self.tables[lv]
-            m = m.to(table.device)
-            self._make_compact(lv, int(m.sum()))
-            self.tables[lv].data.copy_(table.data[m])
+            m = m.to(self.tables[lv].device)
+            keep = select_rows(m)
+            self._make_compact(lv, keep(self.tables[lv].detach()), optimizers, keep)
             words, rank = pack_bits(m.cpu())
             getattr(self, f"bitmap_{lv}").copy_(words)
             getattr(self, f"rank_{lv}").copy_(rank)
         self._usage.clear()
         return self.storage()
 
-    def _make_compact(self, level: int, kept: int) -> None:
+    def _make_compact(self, level: int, table: Tensor, optimizers: Any = (), remap=None) -> None:
+        """Install ``table`` (kept rows) as the level's parameter and add its bitmap and rank
+        buffers (filled by the caller)."""
         old = self.tables[level]
-        self.tables[level] = nn.Parameter(old.new_zeros(kept, self.features), requires_grad=old.requires_grad)
+        replace_parameter(self, f"tables.{level}", table, optimizers, remap)
         nwords = -(-self.sizes[level] // 32)
         if not self.compacted(level):
             self.register_buffer(f"bitmap_{level}", torch.zeros(nwords, dtype=torch.int32, device=old.device))
@@ -271,7 +278,8 @@ class HashEncoding(nn.Module):
             if table is None:
                 continue
             if f"{prefix}bitmap_{lv}" in state_dict:
-                self._make_compact(lv, int(table.shape[0]))
+                old = self.tables[lv]
+                self._make_compact(lv, old.new_zeros(int(table.shape[0]), self.features))
             elif self.compacted(lv):
                 delattr(self, f"bitmap_{lv}")
                 delattr(self, f"rank_{lv}")

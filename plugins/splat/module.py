@@ -9,11 +9,23 @@ exponentially to 1 % (scaled by the scene scale), the strategy's pre/post-backwa
 around the backward pass. Rendering uses :func:`.render.render` (gsplat's CUDA rasterizer on
 a GPU, the tiled torch renderer on a CPU).
 
-Steps are counted by the module (``iteration``), not by ``trainer.global_step``: Lightning
-counts every ``optimizer.step()`` of manual optimization, here one per parameter. The
-training loader yields one view index per step, so ``Trainer(max_epochs=1)`` with
-``steps`` items trains ``steps`` iterations. Validation renders the held-out views and logs
+Steps are counted by the module (``iteration``); ``trainer.global_step`` counts them too:
+Lightning counts the ``step()`` calls of its optimizer wrappers, so the first parameter's
+optimizer steps through its wrapper and the others directly (one count per iteration, and
+``ModelCheckpoint(every_n_train_steps=k)`` saves every ``k`` iterations). The training
+loader yields one view index per step, so ``Trainer(max_epochs=1)`` with ``steps`` items
+trains ``steps`` iterations. Validation renders the held-out views and logs
 ``val_psnr``, ``val_ssim`` and ``num_gaussians``.
+
+Checkpoints hold, besides Lightning's own entries, ``checkpoint["gaussian_splat"]``: the
+iteration, the strategy state as plain data (:func:`.budgeted.state_to_plain`: the growth
+schedule as its fields, the per-Gaussian statistics as tensors), the per-view error maps and
+the torch RNG state, so that ``Trainer.fit(module, ckpt_path=...)`` continues the run where it
+stopped (same counts, same growth curve, same random choices) and the file loads with
+``torch.load(..., weights_only=True)``. The parameters are rebuilt at the saved count before
+Lightning loads them (a grown scene loads into a fresh module), so the optimizers, built after,
+match. Each step's view is ``view_order[iteration]`` rather than the loader's item, because
+Lightning restarts a map-style loader at its first item when it resumes mid-epoch.
 """
 from __future__ import annotations
 
@@ -28,10 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .budgeted import BudgetedStrategy, prune_to_budget
+from .budgeted import BudgetedStrategy, prune_to_budget, state_from_plain, state_to_plain
 from .data import PosedImages
 from .render import render
 
+CKPT_KEY = "gaussian_splat"
 DEFAULT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "colors": 2.5e-3}
 
 
@@ -63,6 +76,18 @@ class _Views(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return int(self.order[i])
+
+
+class _ViewLoader(DataLoader):
+    """The training loader. Nothing in it needs resuming (each step's view is
+    ``view_order[iteration]``), so it says so to Lightning (``state_dict``), which otherwise
+    warns that a mid-epoch resume of a plain loader is unreliable."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
 
 
 class GaussianSplatModule(pl.LightningModule):
@@ -110,6 +135,8 @@ class GaussianSplatModule(pl.LightningModule):
         self.error_maps: Dict[int, Tensor] = {}
         self.strategy_state: Dict[str, Any] = {}
         self.history: List[Dict[str, float]] = []
+        self.view_order = _Views(len(train), steps, seed)  # the view of each iteration
+        self._pending_rng: Optional[Dict[str, Tensor]] = None  # from a checkpoint, set before the next step
 
     # -- rendering ------------------------------------------------------------------------
     def render_views(self, viewmats: Tensor, Ks: Tensor, width: int, height: int, loss_map: Optional[Tensor] = None,
@@ -129,7 +156,7 @@ class GaussianSplatModule(pl.LightningModule):
 
     # -- training -------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Views(len(self.train_views), self.steps, self.seed), batch_size=None, shuffle=False)
+        return _ViewLoader(self.view_order, batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         n = len(self.val_views) if self.val_views is not None else 0
@@ -155,6 +182,9 @@ class GaussianSplatModule(pl.LightningModule):
                 raise ValueError(f"the optimizer of {name!r} has {len(opt.param_groups)} param groups; gsplat "
                                  "strategies need exactly one per parameter")
         self.strategy.check_sanity(self.splats, opts)
+        device = self.splats["means"].device  # a restored state is loaded on the CPU
+        self.strategy_state = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.strategy_state.items()}
+        self.error_maps = {k: v.to(device) for k, v in self.error_maps.items()}
         n = len(self.splats["means"])
         if isinstance(self.strategy, BudgetedStrategy) and n > self.strategy.budget and not self.strategy_state:
             # A budget below the starting count: scored pruning down to it before the first step, so
@@ -165,9 +195,13 @@ class GaussianSplatModule(pl.LightningModule):
         if not self.strategy_state:
             self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
 
-    def training_step(self, view: int, batch_idx: int):
+    def training_step(self, batch: int, batch_idx: int):
+        """One iteration on the view ``view_order[iteration]`` (``batch`` is that view, except
+        after a mid-epoch resume, where Lightning restarts the loader)."""
+        self._restore_rng()
         data = self.train_views
         step = self.iteration
+        view = self.view_order[step % len(self.view_order)]
         opts = self._raw_optimizers()
         loss_map = self.error_maps.get(view) if self.with_stats else None
         colors, _, info = self.render_views(data.viewmats[view:view + 1], data.Ks[view:view + 1], data.width,
@@ -181,11 +215,13 @@ class GaussianSplatModule(pl.LightningModule):
         self.manual_backward(loss)
         decay = 0.01 ** (1.0 / self.steps)  # means' lr to 1 % at the end
         opts["means"].param_groups[0]["lr"] = self.lrs["means"] * self.scene_scale * decay ** step
-        for opt in opts.values():
+        wrapped = self.optimizers()
+        (wrapped[0] if isinstance(wrapped, list) else wrapped).step()  # counted by Lightning: global_step
+        for opt in list(opts.values())[1:]:
             opt.step()
         if self.with_stats:
             self.error_maps[view] = (colors - target).abs().mean(-1).detach()  # [1, H, W]
-        post_kwargs = {"loss": float(loss)} if isinstance(self.strategy, BudgetedStrategy) else {}
+        post_kwargs = {"loss": float(loss.detach())} if isinstance(self.strategy, BudgetedStrategy) else {}
         self.strategy.step_post_backward(self.splats, opts, self.strategy_state, step, info, **post_kwargs)
         self.iteration += 1
         self.log_dict({"train_loss": loss.detach(), "num_gaussians": float(len(self.splats["means"]))},
@@ -233,13 +269,84 @@ class GaussianSplatModule(pl.LightningModule):
 
     # -- checkpoints: the Gaussians' count changes, so the shapes are restored first -------
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint["iteration"] = self.iteration
+        """Store what a resume needs beyond the parameters and optimizers (module docstring)."""
+        rng = self._pending_rng
+        if rng is None:
+            rng = {"cpu": torch.get_rng_state()}
+            device = self.splats["means"].device
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+        checkpoint[CKPT_KEY] = {"iteration": self.iteration, "strategy_state": state_to_plain(self.strategy_state),
+                                "error_maps": {int(k): v.detach().clone() for k, v in self.error_maps.items()},
+                                "rng": dict(rng)}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for k in list(self.splats.keys()):
-            self.splats[k] = nn.Parameter(torch.empty_like(state[f"splats.{k}"]))
-        self.iteration = int(checkpoint.get("iteration", 0))
+        """Check the whole saved entry (:meth:`_check_checkpoint`), then rebuild the parameters
+        at the saved count (Lightning copies the values in next and builds the optimizers on
+        them) and restore the iteration, strategy state, error maps and RNG state (the RNG is
+        applied before the next step). Anything missing or inconsistent raises ``ValueError``
+        and changes nothing."""
+        shapes, iteration, state, maps, rng = self._check_checkpoint(checkpoint)
+        for k, p in self.splats.items():
+            self.splats[k] = nn.Parameter(torch.empty(shapes[k], dtype=p.dtype, device=p.device),
+                                          requires_grad=p.requires_grad)
+        self.iteration, self.strategy_state, self.error_maps = iteration, state, dict(maps)
+        self._pending_rng = {k: v.cpu() for k, v in rng.items()}
+
+    def _check_checkpoint(self, checkpoint: Dict[str, Any]):
+        """The parameter shapes and the decoded entry of a checkpoint, after checking that
+        everything a resume needs is there and fits this module and its strategy."""
+        saved = checkpoint.get(CKPT_KEY)
+        if not isinstance(saved, dict):
+            raise ValueError(f"the checkpoint has no {CKPT_KEY!r} entry (saved by an older version?): the iteration "
+                             "and strategy state cannot be restored")
+        for key in ("iteration", "strategy_state", "error_maps", "rng"):
+            if key not in saved:
+                raise ValueError(f"checkpoint[{CKPT_KEY!r}] lacks {key!r}")
+        params, shapes = checkpoint.get("state_dict", {}), {}
+        for k, p in self.splats.items():
+            t = params.get(f"splats.{k}")
+            if not isinstance(t, Tensor) or t.dim() != p.dim() or t.shape[1:] != p.shape[1:]:
+                raise ValueError(f"the checkpoint's 'splats.{k}' is missing or not shaped [N, {list(p.shape[1:])}]")
+            shapes[k] = t.shape
+        counts = {k: s[0] for k, s in shapes.items()}
+        n = counts["means"]
+        if set(counts.values()) != {n}:
+            raise ValueError(f"the checkpoint's splats disagree on the Gaussian count: {counts}")
+        iteration = saved["iteration"]
+        if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+            raise ValueError(f"the saved iteration must be an int >= 0, got {iteration!r}")
+        state = state_from_plain(saved["strategy_state"])
+        expected = set(self.strategy.initialize_state(scene_scale=self.scene_scale))
+        if state and set(state) != expected:  # empty: saved before the first step
+            raise ValueError(f"the saved strategy state does not fit {type(self.strategy).__name__}: missing "
+                             f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}")
+        for k, v in state.items():  # gsplat's ops index every state tensor by Gaussian
+            if isinstance(v, Tensor) and (v.dim() == 0 or len(v) != n):
+                raise ValueError(f"saved strategy state {k!r} has shape {list(v.shape)}, not one row per "
+                                 f"Gaussian ({n})")
+        maps, shape = saved["error_maps"], (1, self.train_views.height, self.train_views.width)
+        if not isinstance(maps, dict) or any(
+                not isinstance(k, int) or not 0 <= k < len(self.train_views)
+                or not isinstance(v, Tensor) or tuple(v.shape) != shape for k, v in maps.items()):
+            raise ValueError(f"the saved error maps must map train view indices to {list(shape)} tensors")
+        rng = saved["rng"]
+        if (not isinstance(rng, dict) or "cpu" not in rng
+                or any(not isinstance(v, Tensor) or v.dtype != torch.uint8 for v in rng.values())):
+            raise ValueError("the saved RNG state must be a dict of uint8 tensors with a 'cpu' entry")
+        return shapes, iteration, state, maps, rng
+
+    def _restore_rng(self) -> None:
+        """Set the torch RNG saved in the checkpoint (gsplat's split and the strategy's
+        sampling draw from it) right before the first step after a resume: setting it when
+        loading would be undone by what Lightning draws while it sets up the loaders."""
+        if self._pending_rng is None:
+            return
+        torch.set_rng_state(self._pending_rng["cpu"])
+        device = self.splats["means"].device
+        if "cuda" in self._pending_rng and device.type == "cuda":
+            torch.cuda.set_rng_state(self._pending_rng["cuda"], device)
+        self._pending_rng = None
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:

@@ -18,11 +18,17 @@ multiplier updated by dual ascent, ``λ ← max(0, λ + η (ρ − ρ*))``, with
 in the loss. At :meth:`ResidualGate.finalize` exactly ``⌊ρ*·N⌋`` gates stay open, those with
 the largest expected residual ``P(z_i ≠ 0)·‖Δ_i‖`` (a gate left open on a Gaussian whose
 residual is ~0 is worth nothing), and the residual is stored sparsely (indices + values).
+
+The gate's ``state_dict`` holds everything a resume needs: residual, ``log α``, ``λ``, the kept
+indices and (as the module's extra state) the ``finalized`` flag, so a finalized gate
+reloads finalized (kept rows, gates fixed, ``log α`` frozen) and a gate saved mid-training
+continues as if never interrupted. Loading checks the whole incoming state first: anything
+missing or inconsistent raises ``ValueError`` and leaves the gate as it was.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +65,51 @@ class ResidualGate(nn.Module):
         self.register_buffer("lam", torch.zeros(()))
         self.register_buffer("kept", torch.empty(0, dtype=torch.long))
         self.finalized = False
+
+    # -- state: ``finalized`` travels with the tensors ----------------------------------
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"finalized": self.finalized}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self._check_extra(state)
+        self.finalized = state["finalized"]
+        self.log_alpha.requires_grad_(not self.finalized)  # as finalize() leaves it
+
+    @staticmethod
+    def _check_extra(state: Any) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("finalized"), bool):
+            raise ValueError(f"a ResidualGate's extra state is {{'finalized': bool}}, got {state!r}")
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata, strict: bool,
+                              missing_keys: List[str], unexpected_keys: List[str], error_msgs: List[str]) -> None:
+        """Validate the whole incoming state (all keys, shapes, ``kept`` consistent with
+        ``finalized``) before anything is assigned, then resize ``kept`` to the saved one
+        and let ``nn.Module`` copy the values in. A gate is loaded whole or not at all, so a
+        missing key raises ``ValueError`` (naming it) even with ``strict=False``."""
+        names = ["residual", "log_alpha", "lam", "kept", "_extra_state"]
+        for name in names:
+            if prefix + name not in state_dict:
+                raise ValueError(f"the ResidualGate state lacks {prefix + name!r}")
+        get = {name: state_dict[prefix + name] for name in names}
+        for name in ("residual", "log_alpha", "lam", "kept"):
+            if not isinstance(get[name], Tensor):
+                raise ValueError(f"{prefix + name!r} must be a tensor, got {type(get[name]).__name__}")
+        for name, shape in (("residual", self.residual.shape), ("log_alpha", self.log_alpha.shape), ("lam", ())):
+            if get[name].shape != shape:
+                raise ValueError(f"{prefix + name!r} has shape {list(get[name].shape)}, this gate {list(shape)}")
+        self._check_extra(get["_extra_state"])
+        kept, finalized = get["kept"], get["_extra_state"]["finalized"]
+        if kept.dim() != 1 or kept.dtype != torch.long:
+            raise ValueError(f"{prefix + 'kept'!r} must be a 1-D long tensor, got {kept.dtype} {list(kept.shape)}")
+        if finalized != (kept.numel() > 0):
+            raise ValueError(f"{prefix + 'kept'!r} holds {kept.numel()} indices for a gate with finalized={finalized}"
+                             " (kept is empty exactly until finalize)")
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= self.num_gaussians
+                             or not bool((kept[1:] > kept[:-1]).all())):
+            raise ValueError(f"{prefix + 'kept'!r} must be sorted distinct indices in [0, {self.num_gaussians})")
+        self.kept = torch.empty_like(kept, device=self.kept.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def num_gaussians(self) -> int:

@@ -1,7 +1,7 @@
 """Vision plugin: channel and head pruning of timm CNNs and ViTs.
 
 Coupled channel groups come from Torch-Pruning's ``DependencyGraph`` and are core targets;
-masks train softly (:class:`ChannelPruning` callback) and end in physical removal with the
+masks train softly (the :class:`ChannelPruning` program) and end in physical removal with the
 optimizer carried along, an inference export (BatchNorm folding, fastest memory format) and
 a report of parameters, MACs and measured latency. Needs ``pip install 'sparsity-suite[vision]'``
 (timm, torch-pruning); they are imported when a function needs them.
@@ -13,11 +13,11 @@ from importlib import import_module
 from .._lazy import lazy_getattr
 
 _EXPORTS = {
-    "ChannelPruning": "callback",
+    "ChannelPruning": "channel_pruning",
     "discover_channel_groups": "groups", "ChannelGroup": "groups", "ChannelGroups": "groups",
     "GroupTraceError": "tracing",
     "GroupMask": "enforcement", "MaskSparsity": "enforcement", "GroupEnvelope": "enforcement",
-    "GroupMagnitude": "criteria", "BNScale": "criteria", "GroupTaylor": "criteria", "HeadSensitivity": "criteria",
+    "BNScale": "criteria", "HeadSensitivity": "criteria",
     "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
     "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
     "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
@@ -30,7 +30,7 @@ __all__ = sorted(_EXPORTS) + ["register"]
 
 def register() -> None:
     """Entry point of the ``sparsity_suite.plugins`` group: registers the vision criteria
-    (``group_l1``, ``group_l2``, ``bn_scale``, ``group_taylor``, ``head_sensitivity``) and
+    (``group_l1``, ``group_l2``, ``bn_scale``, ``head_sensitivity``) and
     enforcements (``group``, ``mask_sparsity``, ``group_envelope``) and the ``iso_flop``
     allocator of Sparse-IFT."""
     import_module(f"{__name__}.criteria")

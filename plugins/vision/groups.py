@@ -72,14 +72,25 @@ class ChannelGroup(Target):
     def per_unit(self, values, slices: Optional[Sequence[TensorSlice]] = None) -> torch.Tensor:
         """``Σ`` over a unit's entries of ``values(tensor, slice)`` (an element-wise tensor
         shaped like the slice's tensor), for ``slices`` (default: all parameter slices)."""
-        out = torch.zeros(self.num_units, dtype=torch.float64)
+        return self._sum_slices(values, slices)[0]
+
+    def _sum_slices(self, values, slices: Optional[Sequence[TensorSlice]] = None) -> Tuple[torch.Tensor, bool]:
+        out, seen = torch.zeros(self.num_units, dtype=torch.float64), False
         for s in (slices if slices is not None else [s for s in self.slices if s.is_param]):
             v = values(self.tensor(s), s)
             if v is None:
                 continue
+            seen = True
             per_pos = v.detach().double().movedim(s.dim, 0).reshape(v.shape[s.dim], -1).sum(1).cpu()
             out.index_add_(0, s.unit, per_pos[s.index])
-        return out
+        return out, seen
+
+    def unit_reduce(self, values, context) -> Optional[torch.Tensor]:
+        """Core criteria read a group through this: ``Σ`` over every parameter entry a unit
+        owns, in every tensor of the group, of ``values(w, grad)``; ``None`` when ``values``
+        skipped every tensor (a gradient statistic before any gradient)."""
+        out, seen = self._sum_slices(lambda t, s: values(t.detach(), None if t.grad is None else t.grad.detach()))
+        return out if seen else None
 
     def unit_positions(self, slc: TensorSlice, mask: torch.Tensor) -> torch.Tensor:
         """Positions of ``slc`` whose unit is pruned by ``mask``."""

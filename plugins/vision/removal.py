@@ -24,6 +24,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from sparsity_core.ops import rebind_optimizer
+
 from ._deps import torch_pruning
 from .groups import ChannelGroups
 
@@ -182,23 +184,18 @@ def _update_attention(attn: nn.Module, heads: int) -> None:
 
 def _rebind(opt: torch.optim.Optimizer, old: Dict[str, nn.Parameter], new: Dict[str, nn.Parameter],
             kept_index: Dict[str, torch.Tensor]) -> None:
-    by_id = {id(p): n for n, p in old.items()}
-    for group in opt.param_groups:
-        for i, p in enumerate(group["params"]):
-            name = by_id.get(id(p))
-            if name is None or new[name] is p:
-                continue
-            q = new[name]
-            state = opt.state.pop(p, None)
-            if state is not None:
-                carried = {}
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                        carried[k] = v.reshape(-1)[kept_index[name].to(v.device)].reshape(q.shape).clone()
-                    else:
-                        carried[k] = copy.deepcopy(v)
-                opt.state[q] = carried
-            group["params"][i] = q
+    """Rebind every replaced parameter with :func:`sparsity_core.ops.rebind_optimizer`; its
+    state keeps the entries ``kept_index`` (flat indices into the old parameter)."""
+    for name, p in old.items():
+        q = new.get(name)
+        if q is None or q is p:
+            continue
+        rebind_optimizer(opt, p, q, _take_flat(kept_index[name], q.shape))
+
+
+def _take_flat(index: torch.Tensor, shape: torch.Size):
+    """Remap gathering the flat entries ``index`` of a state tensor into ``shape``."""
+    return lambda v: v.reshape(-1)[index.to(v.device)].reshape(shape)
 
 
 def pruning_record(model: nn.Module) -> Optional[PruningRecord]:

@@ -6,15 +6,22 @@ units, parameters or MACs::
     Budget(sparsity=0.9)                      # remove 90% of the units
     Budget(sparsity=0.5, measure="macs")      # keep 50% of the MACs
     Budget(keep=100_000, measure="params")    # keep 100k parameters
+    Budget(sparsity=0.5, groups={"edges": 0.2, "weights": 0.6})   # a budget tree
+
+``groups`` are sub-budgets (a sparsity per named group of targets, or per task), applied by
+the ``grouped`` allocator; the top-level sparsity is then what is reported.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from ..targets import Target
+from ..validation import check_sparsity
 
 MEASURES = ("units", "params", "macs")
+
+__all__ = ["MEASURES", "Budget", "check_sparsity", "unit_cost"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,7 @@ class Budget:
     sparsity: Optional[float] = None
     keep: Optional[float] = None
     measure: str = "units"
+    groups: Optional[Mapping[str, float]] = None
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -32,23 +40,15 @@ class Budget:
             check_sparsity(self.sparsity)
         if self.keep is not None and not self.keep >= 0:
             raise ValueError(f"budget keep must be >= 0, got {self.keep!r}")
+        if self.groups is not None:
+            for name, value in self.groups.items():
+                check_sparsity(value, f"sparsity of group {name!r}")
 
     def keep_cost(self, total_cost: float) -> float:
         """Cost (in ``measure``) that may stay out of ``total_cost``."""
         if self.sparsity is not None:
             return (1.0 - self.sparsity) * total_cost
         return min(float(self.keep), total_cost)
-
-
-def check_sparsity(value: float, what: str = "sparsity") -> float:
-    """Validate a sparsity level: a number in [0, 1)."""
-    try:
-        ok = 0.0 <= float(value) < 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{what} must be a number in [0, 1), got {value!r}")
-    return float(value)
 
 
 def unit_cost(target: Target, measure: str) -> float:

@@ -1,8 +1,10 @@
 """Scoring functions ``(target, context) -> Tensor[num_units]``; higher scores are kept."""
-from .base import AccumulatingCriterion, Criterion, ScoreContext
+from .base import OBSERVES, AccumulatingCriterion, Criterion, ScoreContext
 from .magnitude import Magnitude
 from .movement import Movement
 from .random import RandomScores
 from .taylor import Taylor
+from .wanda import Wanda
 
-__all__ = ["AccumulatingCriterion", "Criterion", "ScoreContext", "Magnitude", "Movement", "RandomScores", "Taylor"]
+__all__ = ["OBSERVES", "AccumulatingCriterion", "Criterion", "ScoreContext", "Magnitude", "Movement", "RandomScores",
+           "Taylor", "Wanda"]

@@ -6,17 +6,21 @@ weights moving away from zero are kept. The score accumulates
 over the optimizer steps observed since the last mask update (higher = keep)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..registry import CRITERIA
 from ..targets import Target
 from .base import AccumulatingCriterion, ScoreContext
+from .taylor import grad_times_weight
 
 
 @CRITERIA.register("movement")
 class Movement(AccumulatingCriterion):
-    def statistic(self, target: Target, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        return -target.layout.reduce_sum(grad.float() * weight.float())
+    def statistic(self, target: Target, context: ScoreContext) -> Optional[torch.Tensor]:
+        gw = target.unit_reduce(grad_times_weight, context)
+        return None if gw is None else -gw
 
     def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
         self.accumulated(target)  # raises when nothing was observed

@@ -6,15 +6,15 @@ and may grow back); after every optimizer step the weights are projected onto
 ``{θ : ‖θ‖₀ ≤ k}``, ``k = ⌈(1 − s)·|θ|⌉`` for the schedule's current sparsity ``s``: the
 controller's criterion and allocator (magnitude + global ranking = the exact Euclidean
 projection) choose the kept entries and all others are set to zero, their optimizer
-moments too.
+moments too. The new masks are installed through the controller's one path
+(:meth:`~sparsity_core.controller.SparsityController.replace_masks`: broadcast under DDP, a
+history entry when they changed).
 """
 from __future__ import annotations
 
 import torch
 
-from ..masks import mask_optimizer_state_
 from ..registry import ENFORCEMENTS
-from .base import weight_targets
 from .hard import HardMask
 
 
@@ -30,9 +30,4 @@ class ProjectedL0(HardMask):
         if ctrl.current_sparsity <= 0.0:
             return
         new = ctrl.masks_for(ctrl.current_sparsity, ctrl.compute_scores(ctrl.step))
-        for name, mask in new.items():
-            ctrl.masks[name] = mask
-        for t in weight_targets(ctrl):
-            t.param.data.mul_(self.factor(ctrl, t))
-            for opt in ctrl.optimizers:
-                mask_optimizer_state_(opt, t.param, t, ctrl.masks[t.name])
+        ctrl.replace_masks(new, ctrl.step, event="projection", only_if_changed=True)

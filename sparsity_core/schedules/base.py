@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Optional
 
-from ..allocators.budget import check_sparsity
+from ..validation import check_sparsity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..layouts import UnitLayout
 
 
 @dataclass(kw_only=True)
@@ -44,6 +48,20 @@ class Schedule:
         if step < self.start_step or step > self.end_step:
             return False
         return (step - self.start_step) % every == 0 or step == self.end_step
+
+    # What a schedule may say besides the sparsity; the controller asks every schedule.
+    def group_values(self, step: int) -> Optional[Dict[str, float]]:
+        """Sub-budgets: ``{group: sparsity}`` at ``step`` for a budget tree (``None``: one budget)."""
+        return None
+
+    def layout_at(self, step: int) -> Optional["UnitLayout"]:
+        """The unit layout targets take at ``step`` (``None``: layouts do not change)."""
+        return None
+
+    @property
+    def snapshot_step(self) -> Optional[int]:
+        """Step whose weights are saved for lottery-ticket rewinding (``None``: no rewinding)."""
+        return None
 
 
 @dataclass(kw_only=True)

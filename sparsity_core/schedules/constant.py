@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..allocators.budget import check_sparsity
+from ..validation import check_sparsity
 from ..registry import SCHEDULES
 from .base import Schedule
 

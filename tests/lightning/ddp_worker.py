@@ -37,7 +37,7 @@ def main(out):
     cb = SparsityCallback(Cubic(end_step=6, final_sparsity=0.7), criterion=crit, update_every=2, include="conv")
     # RigL on fc, from a random mask whose seed differs per rank: synchronisation must fix both
     rigl = SparsityCallback(0.7, criterion=RandomScores(seed=rank), include="fc",
-                            enforcement=PruneRegrow("gradient", every=2, end_step=8))
+                            enforcement=PruneRegrow("gradient", every=2, end_step=8), name="rigl")
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=8, logger=False, callbacks=[cb, rigl],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(TinyModule(), loader(n=64))

@@ -25,7 +25,8 @@ def test_fit_prunes_on_schedule_and_logs():
     assert float((model.fc.weight == 0).float().mean()) > 0.7
     assert (model.head.weight != 0).all()  # the classifier head is left dense
     assert t.callback_metrics["sparsity/global"] == pytest.approx(ctrl.sparsity("params"))
-    assert "sparsity/fc.weight" in t.callback_metrics
+    assert "sparsity/weights/fc.weight" in t.callback_metrics
+    assert t.callback_metrics["sparsity/weights/global"] == pytest.approx(ctrl.sparsity("params"))
 
 
 @pytest.mark.parametrize("criterion,enforcement", [("random", "ste"), ("taylor", "hard"), ("magnitude", "ste")])
@@ -56,7 +57,7 @@ def test_checkpoint_holds_plain_model_keys_and_loads_weights_only(tmp_path):
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert set(ckpt["state_dict"]) == set(TinyModule().state_dict())
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SparsityCallback"))
-    assert set(state["controller"]["masks"]) == {"conv.weight", "fc.weight"}
+    assert set(state["programs"]["weights"]["controller"]["masks"]) == {"conv.weight", "fc.weight"}
 
 
 def test_gradient_accumulation_reapplies_once_per_optimizer_step():

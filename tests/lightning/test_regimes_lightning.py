@@ -57,7 +57,7 @@ def test_dst_keeps_budget_and_logs_mask_change():
     first = cb.controller.history[0]
     assert first["event"] == "update" and abs(first["sparsity"] - 0.8) < 0.01
     assert abs(cb.controller.sparsity("units") - first["sparsity"]) < 1e-9 and sum(kept) > 0
-    assert "sparsity/mask_change" in t.callback_metrics
+    assert "sparsity/weights/mask_change" in t.callback_metrics
 
 
 def test_random_erk_at_init_is_one_line_and_rigl_goes_on_top():
@@ -72,8 +72,8 @@ def test_random_erk_at_init_is_one_line_and_rigl_goes_on_top():
 
 def test_two_callbacks_configure_targets_separately():
     nm = SparsityCallback(Constant(sparsity=0.5, end_step=8), layout="2:4", include="fc", enforcement="sr_ste",
-                          update_every=1)
-    dst = SparsityCallback(0.5, include="conv", enforcement=PruneRegrow("random", every=2, end_step=8))
+                          update_every=1, name="nm")
+    dst = SparsityCallback(0.5, include="conv", enforcement=PruneRegrow("random", every=2, end_step=8), name="dst")
     _, model = fit([nm, dst], 8)
     assert nm.state_key != dst.state_key
     assert [t.name for t in nm.controller.targets] == ["fc.weight"]

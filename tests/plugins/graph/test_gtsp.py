@@ -12,6 +12,7 @@ from torch_geometric.data import Batch, Data  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GINConv, GINEConv, GPSConv, global_add_pool  # noqa: E402
 
+from sparsity_core import SparsityCallback  # noqa: E402
 from sparsity_core.schedules import Cubic, Linear  # noqa: E402
 from sparsity_plugins.graph.gtsp import GTSPConfig, GTSPController  # noqa: E402
 from sparsity_plugins.graph.gtsp_attention import PrunedAttention  # noqa: E402
@@ -345,21 +346,22 @@ class GPSModule(pl.LightningModule):
 
 def fit(module, cb, steps, **kwargs):
     fit_kwargs = kwargs.pop("fit_kwargs", {})
-    tr = trainer(max_steps=steps, callbacks=[cb, *kwargs.pop("callbacks", [])], **kwargs)
+    tr = trainer(max_steps=steps, callbacks=[SparsityCallback(programs=[cb]), *kwargs.pop("callbacks", [])], **kwargs)
     tr.fit(module, DataLoader(graphs(12), batch_size=4), **fit_kwargs)
     return tr
 
 
 def test_callback_prunes_weights_and_units_and_finalizes_at_the_end_of_fit():
-    from sparsity_plugins.graph.gtsp_callback import GTSP
+    from sparsity_plugins.graph.gtsp_program import GTSP
 
     module = GPSModule()
-    cb = GTSP(flops=Linear(start_step=1, end_step=4, final_sparsity=0.3),
-              weights=Linear(start_step=1, end_step=4, final_sparsity=0.5), update_every=1, weight_update_every=1)
+    cb = GTSP(config=GTSPConfig(flops=Linear(start_step=1, end_step=4, final_sparsity=0.3), update_every=1),
+              weights=Linear(start_step=1, end_step=4, final_sparsity=0.5), weight_update_every=1)
     fit(module, cb, steps=6)
-    assert cb.gtsp.finalized and cb.result["flops_removed"] >= 0.3
+    assert cb.finalized and cb.result["flops_removed"] >= 0.3
     assert not any(isinstance(m, GTSPLayer) for m in module.modules())
-    assert cb.controller.sparsity("params") == pytest.approx(0.5, abs=0.01)
+    assert cb.weights.controller.sparsity("params") == pytest.approx(0.5, abs=0.01)
+    assert any(t.name.endswith("out_proj.parametrizations.weight.original") for t in cb.weights.controller.targets)
     w = module.net.convs[-1]
     if isinstance(w, PrunedGPSLayer):
         assert float((w.gps.mlp[0].weight == 0).float().mean()) > 0.2  # core magnitude pruning acted
@@ -370,11 +372,11 @@ def test_callback_prunes_weights_and_units_and_finalizes_at_the_end_of_fit():
 def test_callback_resume_restores_plan_importance_and_cost_model(tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from sparsity_plugins.graph.gtsp_callback import GTSP
+    from sparsity_plugins.graph.gtsp_program import GTSP
 
     def make():
-        return GTSP(flops=Linear(start_step=1, end_step=6, final_sparsity=0.3), update_every=2, finalize=False,
-                    calibration_batches=2)
+        return GTSP(config=GTSPConfig(flops=Linear(start_step=1, end_step=6, final_sparsity=0.3), update_every=2,
+                                      calibration_batches=2), finalize=False)
 
     full = make()
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
@@ -382,7 +384,7 @@ def test_callback_resume_restores_plan_importance_and_cost_model(tmp_path):
     path = next(tmp_path.glob("*step=3*.ckpt"))
     resumed = make()
     fit(GPSModule(), resumed, steps=6, fit_kwargs={"ckpt_path": str(path)})
-    assert resumed.gtsp.plan == full.gtsp.plan and full.gtsp.plan != GTSPPlan.dense([2, 2])
-    for a, b in zip(full.gtsp.importance["layers"], resumed.gtsp.importance["layers"]):
+    assert resumed.controller.plan == full.controller.plan and full.controller.plan != GTSPPlan.dense([2, 2])
+    for a, b in zip(full.controller.importance["layers"], resumed.controller.importance["layers"]):
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9)
-    assert [c.state() for c in resumed.gtsp.costs] == [c.state() for c in full.gtsp.costs]
+    assert [c.state() for c in resumed.controller.costs] == [c.state() for c in full.controller.costs]

@@ -12,9 +12,10 @@ pytest.importorskip("torch_geometric", reason="the graph extra (torch_geometric)
 from torch_geometric.data import Data  # noqa: E402
 from torch_geometric.nn import SimpleConv  # noqa: E402
 
-from sparsity_core.allocators.budget import Budget  # noqa: E402
+from sparsity_core import Iterative, SparsityCallback  # noqa: E402
+from sparsity_core.allocators import Budget, GlobalRank, Grouped  # noqa: E402
 from sparsity_core.targets import Target  # noqa: E402
-from sparsity_plugins.graph import GCN, UGS, EdgeMask, RoundRates, node_datamodule, rate_for, sbm_graph  # noqa: E402
+from sparsity_plugins.graph import GCN, UGS, EdgeMask, node_datamodule, rate_for, sbm_graph  # noqa: E402
 
 from ...lightning.helpers import trainer  # noqa: E402
 
@@ -49,16 +50,20 @@ def test_attached_mask_scales_messages_and_its_gradient_is_exact():
 
 
 def test_round_rates_keep_each_group_at_its_own_density():
+    """UGS's rounds: Iterative with per-group rates gives sub-budgets; Grouped applies them."""
     a = Target("a", shape=(100,))
     b1, b2 = Target("b1", shape=(50,)), Target("b2", shape=(50,))
     scores = {"a": torch.arange(100.0), "b1": torch.arange(50.0) + 100, "b2": torch.arange(50.0)}
-    alloc = RoundRates([(["a"], 0.2), (["b1", "b2"], 0.5)])
-    keep = alloc.allocate([a, b1, b2], scores, Budget(sparsity=1 - 0.5 ** 2))  # two rounds
+    sched = Iterative(rounds=3, steps_per_round=10, rates={"edges": 0.2, "weights": 0.5})
+    alloc = Grouped({"edges": "^a$", "weights": "^b"}, inner=GlobalRank(min_keep_units=0))
+    two_rounds = Budget(sparsity=sched.value(20), groups=sched.group_values(20))
+    keep = alloc.allocate([a, b1, b2], scores, two_rounds)
     assert keep == {"a": 64, "b1": 25, "b2": 0}  # 0.8² · 100; 0.5² · 100 ranked across b1, b2
-    assert alloc.rounds(Budget(sparsity=1 - 0.5 ** 7)) == 7
-    assert alloc.allocate([a, b1, b2], scores, Budget(sparsity=0.0)) == {"a": 100, "b1": 50, "b2": 50}
-    with pytest.raises(ValueError, match="in no RoundRates group"):
-        RoundRates([(["a"], 0.2)]).allocate([a, b1], scores, Budget(sparsity=0.5))
+    assert sched.group_values(5) == {"edges": 0.0, "weights": 0.0} and sched.value(20) == 0.75
+    with pytest.raises(ValueError, match="is in no group"):
+        Grouped({"edges": "^a$"}).allocate([a, b1], scores, two_rounds)
+    with pytest.raises(ValueError, match="needs sub-budgets"):
+        alloc.allocate([a, b1, b2], scores, Budget(sparsity=0.5))
 
 
 def test_rate_for_reaches_the_sparsity_in_the_given_rounds():
@@ -99,7 +104,7 @@ class NodeModule(pl.LightningModule):
 
 
 def fit(module, cb, steps, data=None):
-    tr = trainer(max_steps=steps, callbacks=[cb])
+    tr = trainer(max_steps=steps, callbacks=[SparsityCallback(programs=[cb])])
     tr.fit(module, datamodule=node_datamodule(data if data is not None else graph()))
     return tr
 
@@ -116,7 +121,7 @@ def test_rounds_prune_nested_masks_at_the_set_rates_and_rewind_to_initialization
             if cb.controller.masks:
                 kept_per_round.append(cb.controller.masks["ugs_edge_mask.mask"].clone())
 
-    tr = trainer(max_steps=12, callbacks=[cb, Spy()])
+    tr = trainer(max_steps=12, callbacks=[SparsityCallback(programs=[cb]), Spy()])
     tr.fit(module, datamodule=node_datamodule(data))
     pairs = cb.edge_mask.num_units
     weights = sum(t.num_units for t in cb.controller.targets[1:])
@@ -165,7 +170,7 @@ def test_finalize_bakes_weights_and_keeps_the_function():
             pl_module.eval()
             before["out"] = pl_module(data.x, data.edge_index).detach()
 
-    trainer(max_steps=8, callbacks=[Before(), cb]).fit(module, datamodule=node_datamodule(data))
+    trainer(max_steps=8, callbacks=[Before(), SparsityCallback(programs=[cb])]).fit(module, datamodule=node_datamodule(data))
     for conv in (module.gnn.conv1, module.gnn.conv2):
         assert not hasattr(conv.lin, "parametrizations") and isinstance(conv.lin.weight, torch.nn.Parameter)
     w = torch.cat([module.gnn.conv1.lin.weight.flatten(), module.gnn.conv2.lin.weight.flatten()])
@@ -176,13 +181,12 @@ def test_finalize_bakes_weights_and_keeps_the_function():
     assert set(module.state_dict()) >= {"gnn.conv1.lin.weight", "ugs_edge_mask.mask"}
 
 
-def test_mask_missing_from_the_optimizer_is_added_with_a_warning():
+def test_mask_missing_from_the_optimizer_is_an_error_and_the_masks_come_off():
     module = NodeModule(opt="gnn-only")
     cb = UGS(rounds=1, steps_per_round=2, edge_rate=0.2, weight_rate=0.0)
-    with pytest.warns(UserWarning, match="not in the optimizer"):
-        tr = fit(module, cb, steps=2)
-    owned = {id(p) for g in tr.optimizers[0].param_groups for p in g["params"]}
-    assert id(cb.edge_mask.mask) in owned
+    with pytest.raises(ValueError, match=r"trains \['ugs_edge_mask.mask'\] but no optimizer holds them"):
+        fit(module, cb, steps=2)
+    assert not hasattr(module, "ugs_edge_mask") and cb.controller is None
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -216,7 +220,7 @@ def test_bad_graphs_are_refused_before_the_model_changes():
             return self.gnn(x)
 
     with pytest.raises(ValueError, match="MessagePassing"):
-        trainer(max_steps=1, callbacks=[UGS()]).fit(NoGraph(), datamodule=node_datamodule(graph()))
+        trainer(max_steps=1, callbacks=[SparsityCallback(programs=[UGS()])]).fit(NoGraph(), datamodule=node_datamodule(graph()))
 
 
 def test_a_datamodule_without_a_graph_needs_edge_index():
@@ -224,4 +228,4 @@ def test_a_datamodule_without_a_graph_needs_edge_index():
 
     data = Data(x=torch.randn(3, 6), edge_index=PATH)
     with pytest.raises(ValueError, match="needs the graph"):
-        trainer(max_steps=1, callbacks=[UGS()]).fit(NodeModule(), DataLoader([data], collate_fn=lambda b: b[0]))
+        trainer(max_steps=1, callbacks=[SparsityCallback(programs=[UGS()])]).fit(NodeModule(), DataLoader([data], collate_fn=lambda b: b[0]))

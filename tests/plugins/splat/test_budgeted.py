@@ -61,16 +61,57 @@ def test_the_count_follows_the_growth_curve_and_never_exceeds_the_budget():
     sched = state["schedule"]
     for step in range(20, 110, 10):  # every Gaussian is a candidate: the count is the curve's value
         assert counts[step] == sched.count(step), step
-    assert counts[100] == sched.count(100) == 50 + math.floor(150 * (2 * 0.9 - 0.81) + 1e-9)
-    assert counts[-1] == counts[109] <= 200
+    assert counts[90] == sched.count(90) == 50 + math.floor(150 * (2 * 8 / 9 - (8 / 9) ** 2) + 1e-9)
+    assert s.last_refine_step == sched.end_step == 100  # the curve ends on the last refinement (step 100)
+    assert counts[100] == counts[-1] == 200  # ... so that refinement reaches the budget exactly
+
+
+@pytest.mark.parametrize("mode, reset_every, pause, last", [("taming", 10_000, 0, 24), ("turbo", 10_000, 0, 24),
+                                                           ("taming", 12, 3, 20)])
+def test_the_last_refinement_before_refine_stop_iter_reaches_the_budget_exactly(mode, reset_every, pause, last):
+    # Refinements at 8, 12, ..., 24 (every 4 after start 4, before stop 26); with a pause of 3
+    # steps after each opacity reset (every 12), steps 12 and 24 do not refine: the last is 20.
+    # Turbo at speed 1 advances one interval (4 of the span 4..24) per refinement: the same curve.
+    params, opts = scene(30)
+    s = BudgetedStrategy(budget=120, refine_start_iter=4, refine_stop_iter=26, refine_every=4, grow_grad2d=1e-4,
+                         reset_every=reset_every, pause_refine_after_reset=pause, mode=mode, turbo_fast=1.0,
+                         turbo_slow=1.0)
+    state = s.initialize_state()
+    counts = []
+    for step in range(32):
+        fake_step(s, params, opts, state, step, loss=1.0)
+        counts.append(len(params["means"]))
+    assert max(counts) == counts[last] == counts[-1] == 120  # never above, exactly the budget from the last refinement
+    assert counts[last - 1] < 120  # reached by that refinement, not before
+    assert state["schedule"].end_step == s.last_refine_step == last
+
+
+def test_target_count_reads_the_core_schedule_in_both_modes():
+    from sparsity_core.schedules.growth import GrowthToBudget
+
+    class Fixed(GrowthToBudget):
+        def count(self, step):
+            self.asked = step
+            return 77
+
+    for mode in ("taming", "turbo"):
+        s = BudgetedStrategy(budget=100, refine_start_iter=0, refine_stop_iter=50, refine_every=10, mode=mode,
+                             turbo_fast=1.0, turbo_slow=1.0)
+        state = s.initialize_state()
+        state["schedule"] = Fixed(start_step=0, end_step=40, initial_count=10, budget=100)
+        assert s.target_count(state, 20) == 77
+        # turbo reads the curve at the step of its progress: one interval of 10 over the span 0..40
+        assert state["schedule"].asked == (20 if mode == "taming" else 10.0)
+    s = BudgetedStrategy(budget=50, refine_start_iter=0, refine_stop_iter=50, refine_every=10)
+    assert s.target_count(state, 20) == 50  # never above the budget, whatever the schedule says
 
 
 def test_clone_and_split_each_add_one_gaussian_and_fill_the_allowance_exactly():
     params, opts = scene(40, log_scale=-3.0)
     with torch.no_grad():
         params["scales"][:20] = 0.0  # large: split; the other 20 are small: cloned
-    s = BudgetedStrategy(budget=100, refine_start_iter=0, refine_stop_iter=100, refine_every=10, grow_grad2d=1e-4)
-    state = s.initialize_state(scene_scale=1.0)
+    s = BudgetedStrategy(budget=100, refine_start_iter=0, refine_stop_iter=101, refine_every=10, grow_grad2d=1e-4)
+    state = s.initialize_state(scene_scale=1.0)  # last refinement at 100: the curve spans steps 0..100
     torch.manual_seed(0)
     for step in range(11):
         fake_step(s, params, opts, state, step)

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from sparsity_core.schedules import Linear
 from sparsity_plugins.splat.hashgrid import HashEncoding, SaliencyGrid, pack_bits, popcount32
 from sparsity_plugins.splat.hashgrid_admm import SaliencyADMM, project_budget
-from sparsity_plugins.splat.hashgrid_callback import HashGridPruning, SaliencyUsage
+from sparsity_core import Host, SparsityCallback
+from sparsity_plugins.splat.hashgrid_pruning import HashGridPruning, SaliencyUsage
 
 PRIMES = (1, 2654435761, 805459861)
 
@@ -266,7 +267,8 @@ class Field(pl.LightningModule):
 
 def _fit(module, callback, steps, ckpt=None):
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SparsityCallback(programs=[callback])])
     trainer.fit(module, DataLoader(FullBatch(), batch_size=None), ckpt_path=ckpt)
     return trainer
 
@@ -319,7 +321,7 @@ def test_usage_criterion_prefers_entries_of_salient_points():
 
 def test_resume_gives_identical_masks_and_admm_state(tmp_path):
     kwargs = dict(schedule=Linear(start_step=4, end_step=16, final_sparsity=0.5), update_every=4, rho=1e-3,
-                  admm_every=3, remove=False)
+                  admm_every=3, finalize=False)
     torch.manual_seed(0)
     straight = Field()
     cb_a = HashGridPruning(**kwargs)
@@ -351,14 +353,14 @@ def test_callback_configuration_errors():
 
     cb = HashGridPruning(0.5)
     with pytest.raises(ValueError, match="exactly one HashEncoding"):
-        cb.setup(None, NoEncoding(), "fit")
+        cb.attach(Host(model=NoEncoding()))
     with pytest.raises(ValueError, match="needs a saliency grid"):
-        HashGridPruning(0.5).setup(None, Field(saliency=None), "fit")
+        HashGridPruning(0.5).attach(Host(model=Field(saliency=None)))
     module = Field()
     with pytest.raises(ValueError, match="no HashEncoding named 'enc'"):
-        HashGridPruning(0.5, encoding="enc").setup(None, module, "fit")
+        HashGridPruning(0.5, encoding="enc").attach(Host(model=module))
     with pytest.raises(ValueError, match="infeasible budget"):
-        HashGridPruning(0.999).setup(None, module, "fit")  # the 1% floor per level cannot be met
+        HashGridPruning(0.999).attach(Host(model=module))  # the 1% floor per level cannot be met
     assert not module.encoding.record_usage  # the failed set-ups changed nothing
     with pytest.raises(ValueError, match="sparsity"):
         HashGridPruning(1.5)

@@ -1,6 +1,7 @@
 """QUEEN-style residual gating on a synthetic moving scene: the gates open for the Gaussians
 that move, the dual ascent drives the density to its budget, finalize keeps exactly the
 budget and stores the residual sparsely."""
+import io
 import math
 
 import pytest
@@ -79,3 +80,102 @@ def test_target_and_bad_input():
         gate(torch.zeros(6, 3))
     gate.finalize()
     assert gate.kept.numel() == math.floor(0.3 * 7)
+
+
+def train(gate, opt, frame0, frame1, steps, finalize_at=None):
+    """``steps`` training steps (hard-concrete samples, dual ascent); finalize before step
+    ``finalize_at``. Returns the outputs of every step."""
+    outputs = []
+    for i in range(steps):
+        if i == finalize_at:
+            gate.finalize()
+            gate.train()
+        out = gate(frame0)
+        loss = ((out - frame1) ** 2).sum(-1).mean() + gate.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if not gate.finalized:
+            gate.dual_step()
+        outputs.append(out.detach().clone())
+    return outputs
+
+
+def reload(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)  # plain data only
+
+
+def test_a_finalized_gate_reloads_finalized():
+    torch.manual_seed(0)
+    frame0, frame1, _ = moving_scene(n=30, moving=3)
+    gate = ResidualGate(30, 3, density=0.1)
+    train(gate, torch.optim.Adam(gate.parameters(), lr=0.05), frame0, frame1, 20)
+    gate.eval()
+    kept, values = gate.finalize()
+    outer = torch.nn.ModuleDict({"pos": gate})  # a gate inside a model: its prefix is kept
+    state = reload(outer.state_dict())
+    assert state["pos._extra_state"] == {"finalized": True}
+    fresh = torch.nn.ModuleDict({"pos": ResidualGate(30, 3, density=0.1)})
+    fresh.load_state_dict(state)
+    again = fresh["pos"]
+    assert again.finalized and torch.equal(again.kept, kept) and not again.log_alpha.requires_grad
+    assert torch.equal(again.gates(), gate.gates()) and int(again.gates().sum()) == 3
+    assert torch.equal(again(frame0), gate(frame0)) and float(again.penalty()) == 0.0
+    assert again.stored_parameters() == gate.stored_parameters() == 3 * 4
+    assert torch.equal(again.finalize()[1], values)  # finalize again: the same sparse residual
+
+
+@pytest.mark.parametrize("save_at", [6, 14])  # during the gate training, and after finalize (step 10)
+def test_a_gate_resumed_mid_training_continues_identically(save_at):
+    frame0, frame1, _ = moving_scene(n=30, moving=3)
+    torch.manual_seed(0)
+    gate = ResidualGate(30, 3, density=0.1, dual_lr=0.5)
+    opt = torch.optim.Adam(gate.parameters(), lr=0.05)
+    train(gate, opt, frame0, frame1, save_at, finalize_at=10)
+    saved = reload({"gate": gate.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state()})
+    rest = train(gate, opt, frame0, frame1, 20 - save_at, finalize_at=10 - save_at)  # never reached if after
+
+    torch.manual_seed(1)  # the saved RNG state must be used
+    resumed = ResidualGate(30, 3, density=0.1, dual_lr=0.5)
+    resumed.load_state_dict(saved["gate"])
+    opt2 = torch.optim.Adam(resumed.parameters(), lr=0.05)
+    opt2.load_state_dict(saved["opt"])
+    torch.set_rng_state(saved["rng"])
+    rest2 = train(resumed, opt2, frame0, frame1, 20 - save_at, finalize_at=10 - save_at)
+    assert resumed.finalized and gate.finalized
+    assert all(torch.equal(a, b) for a, b in zip(rest, rest2))
+    assert torch.equal(resumed.kept, gate.kept) and torch.equal(resumed.residual, gate.residual)
+
+
+@pytest.mark.parametrize("key, match", [("_extra_state", "lacks '_extra_state'"), ("kept", "lacks 'kept'"),
+                                        ("lam", "lacks 'lam'")])
+def test_a_state_missing_a_key_is_refused_and_changes_nothing(key, match):
+    torch.manual_seed(0)
+    source = ResidualGate(10, 3, density=0.3)
+    with torch.no_grad():
+        source.residual.normal_()
+    source.finalize()
+    state = source.state_dict()
+    del state[key]
+    target = ResidualGate(10, 3, density=0.3)
+    before = {k: v.clone() for k, v in target.state_dict().items() if k != "_extra_state"}
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=match):
+            target.load_state_dict(state, strict=strict)
+        assert not target.finalized and target.log_alpha.requires_grad
+        assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
+
+
+def test_an_inconsistent_state_is_refused():
+    gate = ResidualGate(10, 3, density=0.3)
+    state = gate.state_dict()
+    with pytest.raises(ValueError, match="finalized=True"):
+        gate.load_state_dict({**state, "_extra_state": {"finalized": True}})  # finalized without kept rows
+    with pytest.raises(ValueError, match="sorted distinct"):
+        gate.load_state_dict({**state, "_extra_state": {"finalized": True}, "kept": torch.tensor([3, 12])})
+    with pytest.raises(ValueError, match="residual"):
+        gate.load_state_dict({**state, "residual": torch.zeros(9, 3)})
+    assert not gate.finalized and gate.kept.numel() == 0

@@ -3,6 +3,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+import pytorch_lightning as pl
+
+from sparsity_core import SparsityCallback
 from sparsity_core.schedules.ramps import Linear
 from sparsity_plugins.vision import ChannelPruning, pruning_record
 
@@ -10,7 +13,8 @@ from ...lightning.helpers import trainer
 from .models import TimmModule, image_loader
 
 
-def fit(module, cb, steps=6, **kwargs):
+def fit(module, program, steps=6, **kwargs):
+    cb = SparsityCallback(programs=[program])
     tr = trainer(max_steps=steps, callbacks=[cb, *kwargs.pop("callbacks", [])], **kwargs)
     tr.fit(module, image_loader())
     return tr
@@ -29,21 +33,21 @@ def test_fit_prunes_removes_and_keeps_training_on_the_smaller_model():
     assert all(id(p) in owned for p in module.parameters())
     assert pruning_record(module) is not None
     trainer(max_steps=2).fit(module, image_loader())  # a later fit trains the pruned model as it is
-    trainer(max_steps=2, callbacks=[cb]).fit(module, image_loader())  # also with the same (finished) callback
+    trainer(max_steps=2, callbacks=[SparsityCallback(programs=[cb])]).fit(module, image_loader())  # finished program
     assert sum(p.numel() for p in module.parameters()) == params
 
 
 def test_mid_training_removal_rebinds_the_trainer_optimizer():
     module = TimmModule("vit")
 
-    class RemoveAt3(ChannelPruning):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            if trainer.global_step == 3:
-                self.remove_now(trainer)
+    cb = ChannelPruning(Linear(start_step=1, end_step=2, final_sparsity=0.5), measure="units", update_every=1)
 
-    cb = RemoveAt3(Linear(start_step=1, end_step=2, final_sparsity=0.5), measure="units", update_every=1)
-    tr = fit(module, cb, steps=6)
+    class RemoveAt3(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                cb.remove_now(trainer)
+
+    tr = fit(module, cb, steps=6, callbacks=[RemoveAt3()])
     attn = module.model.blocks[0].attn
     assert attn.num_heads * attn.head_dim == attn.qkv.out_features // 3 == attn.proj.in_features
     opt = tr.optimizers[0]
@@ -54,11 +58,11 @@ def test_mid_training_removal_rebinds_the_trainer_optimizer():
 def test_resume_restores_masks(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
     sched = Linear(start_step=1, end_step=6, final_sparsity=0.5)
-    full = ChannelPruning(sched, measure="units", update_every=2, remove=False)
+    full = ChannelPruning(sched, measure="units", update_every=2, finalize=False)
     fit(TimmModule("convnext"), full, steps=8, callbacks=[ckpt], enable_checkpointing=True)
     path = next(tmp_path.glob("*step=4*.ckpt"))
-    resumed = ChannelPruning(sched, measure="units", update_every=2, remove=False)
-    trainer(max_steps=8, callbacks=[resumed]).fit(TimmModule("convnext"), image_loader(), ckpt_path=str(path))
+    resumed = ChannelPruning(sched, measure="units", update_every=2, finalize=False)
+    trainer(max_steps=8, callbacks=[SparsityCallback(programs=[resumed])]).fit(TimmModule("convnext"), image_loader(), ckpt_path=str(path))
     assert resumed.controller.sparsity("units") > 0.4
     for name, mask in full.controller.masks.items():
         assert torch.equal(mask, resumed.controller.masks[name]), name

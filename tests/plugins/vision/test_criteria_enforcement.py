@@ -5,8 +5,9 @@ from torch import nn
 
 from sparsity_core.allocators.budget import Budget
 from sparsity_core.controller import SparsityController
+from sparsity_core.criteria import Magnitude, Taylor
 from sparsity_core.criteria.base import ScoreContext
-from sparsity_plugins.vision import (BNScale, GroupEnvelope, GroupMagnitude, GroupTaylor, HeadSensitivity,
+from sparsity_plugins.vision import (BNScale, GroupEnvelope, HeadSensitivity,
                                      MaskSparsity, channel_budget, discover_channel_groups)
 
 from .models import example, tiny
@@ -46,10 +47,10 @@ def test_group_covers_conv_bn_and_consumer_inputs():
 def test_group_magnitude_l1_and_bn_scale_exact():
     _, _, g = conv_bn_group()
     ctx = ScoreContext()
-    l1 = GroupMagnitude(p=1, normalize=False).score(g, ctx)
+    l1 = Magnitude(p=1).score(g, ctx)
     # |conv| + |gamma| + |beta|=0 + |fc column|
     assert torch.allclose(l1, torch.tensor([1 + 0.5 + 1, 2 + 4 + 1, 3 + 1 + 2.0]))
-    assert torch.allclose(GroupMagnitude(p=1).score(g, ctx), l1 / l1.mean())
+    assert torch.allclose(Magnitude(p=1, normalize=True).score(g, ctx), l1 / l1.mean())
     assert torch.allclose(BNScale().score(g, ctx), torch.tensor([0.5, 4.0, 1.0]))
 
 
@@ -64,7 +65,7 @@ def test_group_taylor_is_the_squared_gate_gradient():
     model.train()
     x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     model(x).sum().backward()
-    crit = GroupTaylor()
+    crit = Taylor()
     crit.observe(g, ScoreContext())
     expected = torch.zeros(3, dtype=torch.float64)
     for name, dim in (("conv.weight", 0), ("bn.weight", 0), ("bn.bias", 0), ("fc.weight", 1)):

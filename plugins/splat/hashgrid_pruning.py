@@ -1,7 +1,8 @@
-"""``HashGridPruning``: HollowNeRF-style pruning of a hash encoding inside ``Trainer.fit``.
+"""``HashGridPruning``: HollowNeRF-style pruning of a hash encoding, as a core program.
 
     enc = HashEncoding(dim=3, levels=16, log2_table_size=19, saliency_resolution=32)
-    trainer = pl.Trainer(callbacks=[HashGridPruning(Cubic(start_step=500, end_step=3000, final_sparsity=0.65))])
+    trainer = pl.Trainer(callbacks=[SparsityCallback(programs=[
+        HashGridPruning(Cubic(start_step=500, end_step=3000, final_sparsity=0.65))])])
 
 Xie et al., 2023, "HollowNeRF: Pruning Hashgrid-Based NeRFs with Trainable Collision
 Mitigation" (https://arxiv.org/abs/2308.10122). The LightningModule holds a
@@ -19,9 +20,10 @@ Mitigation" (https://arxiv.org/abs/2308.10122). The LightningModule holds a
   before each optimizer step, ``z`` and ``u`` are updated every ``admm_every`` steps; the
   saliency budget follows ``saliency`` (default: the hash schedule itself, i.e. the fraction of
   saliency mass kept equals the fraction of hash parameters kept);
-- end of fit (``remove=True``): pruned entries are removed from storage
-  (:meth:`~.hashgrid.HashEncoding.remove_entries`; the output does not change) and
-  :attr:`HashGridPruning.result` reports the parameters and bytes actually kept.
+- end of fit (``finalize=True``): pruned entries are removed from storage
+  (:meth:`~.hashgrid.HashEncoding.remove_entries`; the output does not change; the tables'
+  optimizer moments follow the kept rows) and :attr:`HashGridPruning.result` reports the
+  parameters and bytes actually kept.
 
 ``state_dict`` holds the core controller (masks, usage sums, schedule position) and the ADMM
 state ``z``, ``u``, so a resumed run continues identically.
@@ -31,19 +33,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Union
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 
 from sparsity_core.allocators.base import Allocator
-from sparsity_core.allocators.budget import check_sparsity
 from sparsity_core.allocators.global_rank import GlobalRank
-from sparsity_core.controller import SparsityController
 from sparsity_core.criteria.base import AccumulatingCriterion, ScoreContext
 from sparsity_core.layouts import Rows
-from sparsity_core.lightning.callback import SparsityCallback
+from sparsity_core.mask_program import MaskProgram, ScheduleSpec
+from sparsity_core.program import Host
 from sparsity_core.schedules.base import Schedule
-from sparsity_core.schedules.constant import one_shot
+from sparsity_core.schedules.function import as_schedule
 from sparsity_core.targets import Target
 
 from .hashgrid import HashEncoding
@@ -60,7 +60,7 @@ class SaliencyUsage(AccumulatingCriterion):
     collected here once per optimizer step; they are plain tensors (:meth:`state_dict`).
     """
 
-    needs_gradients = True  # observed at every optimizer step
+    observes = "forward"  # statistics of training forwards, collected once per optimizer step
 
     def __init__(self, relative: bool = True) -> None:
         super().__init__()
@@ -107,13 +107,13 @@ def find_encoding(module: torch.nn.Module, name: Optional[str] = None):
     return found[0]
 
 
-class HashGridPruning(SparsityCallback):
+class HashGridPruning(MaskProgram):
     """Prune the hash entries of a gated :class:`~.hashgrid.HashEncoding` to a budget.
 
     Args:
         schedule: sparsity of the hash-table parameters (fraction removed): a core
             :class:`Schedule` starting at step >= 1 (usage is measured on training steps),
-            or a float (then pruned once at step 1).
+            a callable ``step -> sparsity``, or a float (then pruned once at step 1).
         saliency: sparsity of the saliency mass for the ADMM budget ``C = (1 − s)·|G|``: a
             float or a Schedule; default: ``schedule``.
         rho: ADMM penalty weight ρ (see :class:`~.hashgrid_admm.SaliencyADMM`).
@@ -122,98 +122,91 @@ class HashGridPruning(SparsityCallback):
             fraction per level) or an :class:`Allocator`; default ``GlobalRank(min_keep_fraction=0.01)``.
         encoding: module name of the encoding (default: the only ``HashEncoding``).
         update_every: recompute the entry masks every this many optimizer steps within the schedule.
-        remove: remove the pruned entries from storage at the end of fit.
+        finalize: remove the pruned entries from storage at the end of fit.
     """
 
-    def __init__(self, schedule: Union[Schedule, float] = 0.65, saliency: Union[Schedule, float, None] = None,
+    name = "hashgrid"
+
+    def __init__(self, schedule: ScheduleSpec = 0.65, saliency: Union[Schedule, float, None] = None,
                  rho: float = 1e-5, admm_every: int = 16, allocator: Union[str, Allocator, None] = None,
-                 encoding: Optional[str] = None, update_every: int = 50, remove: bool = True,
-                 log_per_target: bool = False) -> None:
-        if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
-            schedule = one_shot(check_sparsity(schedule), step=1)
+                 encoding: Optional[str] = None, update_every: int = 50, finalize: bool = True,
+                 name: Optional[str] = None) -> None:
         super().__init__(schedule=schedule, criterion=SaliencyUsage(),
                          allocator=allocator if allocator is not None else GlobalRank(min_keep_fraction=0.01),
-                         enforcement="hard", layout="row", update_every=update_every, measure="params",
-                         finalize=remove, log_per_target=log_per_target)
-        self.admm = SaliencyADMM(sparsity=self.schedule if saliency is None else saliency, rho=rho, every=admm_every)
+                         enforcement="hard", update_every=update_every, measure="params", finalize=finalize,
+                         name=name, start_at=1)
+        self.admm = SaliencyADMM(sparsity=self.schedule if saliency is None else as_schedule(saliency, at_step=1),
+                                 rho=rho, every=admm_every)
         self.encoding_name = encoding
         self.encoding: Optional[HashEncoding] = None
         self.admm_state: Optional[Dict[str, torch.Tensor]] = None
-        self._pending_admm: Optional[Dict[str, torch.Tensor]] = None
         self.admm_log: Dict[str, float] = {}
         self.result: Dict[str, float] = {}
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(schedule=repr(self.schedule), admm=repr(self.admm), encoding=self.encoding_name)
+    def state_id(self) -> str:
+        return f"{self.name}(encoding={self.encoding_name!r})"
 
-    # -- set-up ---------------------------------------------------------------------------
-    def build_controller(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> SparsityController:
-        name, enc = find_encoding(pl_module, self.encoding_name)
+    # -- the program ----------------------------------------------------------------------
+    def discover(self, host: Host) -> List[Target]:
+        name, enc = find_encoding(host.model, self.encoding_name)
         if enc.saliency is None:
             raise ValueError(f"HashGridPruning needs a saliency grid on {name or 'the encoding'!r}: build it with "
                              "HashEncoding(..., saliency_resolution=R)")
         if any(enc.compacted(lv) for lv in range(enc.levels)):
             raise ValueError(f"{name!r} already had entries removed; prune a dense encoding")
-        if self._pending_admm is not None:
-            self.admm._check(enc.saliency, self._pending_admm)
         prefix = f"{name}." if name else ""
         targets: List[Target] = [Target(name=f"{prefix}tables.{lv}", layout=Rows(0), param=enc.tables[lv],
                                         module_name=name) for lv in range(enc.levels)]
         self.criterion.bind(enc, {t.name: lv for lv, t in enumerate(targets)})
-        ctrl = SparsityController(targets, schedule=self.schedule, criterion=self.criterion, allocator=self.allocator,
-                                  enforcement=self.enforcement, update_every=self.update_every, measure="params",
-                                  model=pl_module)
-        self.encoding = enc
-        enc.record_usage = True
-        if self._pending_admm is not None:
-            self.admm_state, self._pending_admm = self._pending_admm, None
-        else:
-            self.admm_state = self.admm.initialize_state(enc.saliency)
-        return ctrl
+        return targets
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        super().on_fit_start(trainer, pl_module)
-        logits = self._enc().saliency.logits
-        owned = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
-        if id(logits) not in owned:
-            rank_zero_warn("HashGridPruning: the saliency logits are not in the optimizer (configure_optimizers "
-                           "should use self.parameters()); the gate stays fixed and ADMM cannot act")
+    def attach(self, host: Host) -> None:
+        super().attach(host)
+        if self.encoding is None:
+            self.encoding = find_encoding(host.model, self.encoding_name)[1]
+            self.encoding.record_usage = True
+            self.admm_state = self.admm.initialize_state(self.encoding.saliency)
 
-    # -- per optimizer step ---------------------------------------------------------------
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
-        ctrl = self._require()
+    def detach(self) -> None:
+        if self.encoding is not None:
+            self.encoding.record_usage = False
+        self.encoding, self.admm_state = None, None
+        super().detach()
+
+    def trained_parameters(self) -> Dict[str, nn.Parameter]:
+        return {"saliency.logits": self._enc().saliency.logits}
+
+    def before_optimizer_step(self, optimizer) -> None:
         grid = self._enc().saliency
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if not ctrl.finalized and id(grid.logits) in owned and grid.logits.grad is not None:
+        if id(grid.logits) in owned and grid.logits.grad is not None:
             self.admm.penalty_grad_(grid, self.admm_state)
-        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        super().before_optimizer_step(optimizer)
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        advanced = trainer.global_step > self._seen_step
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if not advanced or self._require().finalized:
-            return
-        info = self.admm.step(self._enc().saliency, self.admm_state, trainer.global_step)
+    def after_optimizer_step(self, step: int) -> None:
+        super().after_optimizer_step(step)
+        info = self.admm.step(self._enc().saliency, self.admm_state, step)
         if info:
             self.admm_log = info
-            for key, value in info.items():
-                pl_module.log(f"hashgrid/saliency_{key}", value, on_step=True, on_epoch=False, rank_zero_only=True)
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self.finalize and not self._require().finalized:
-            self.remove_now()
+    def report(self, detail: bool = False) -> Dict[str, float]:
+        out = super().report(detail)
+        out.update({f"saliency_{k}": v for k, v in self.admm_log.items()})
+        return out
+
+    def finalize(self) -> None:
+        self.remove_now()
 
     def remove_now(self) -> Dict[str, float]:
-        """Make the masks permanent and remove the pruned entries from storage now."""
-        ctrl, enc = self._require(), self._enc()
+        """Make the masks permanent and remove the pruned entries from storage now (the
+        optimizers' moments of the tables keep their kept rows)."""
+        ctrl, enc = self.require(), self._enc()
         if ctrl.finalized:
             raise RuntimeError("the hash entries were already removed")
         ctrl.finalize()  # pruned rows are exactly zero
         masks = [ctrl.masks.get(t.name) if ctrl.masks else None for t in ctrl.targets]
         enc.record_usage = False
-        storage = enc.remove_entries(masks)
+        storage = enc.remove_entries(masks, optimizers=ctrl.optimizers)
         self.result = {**storage, "hash_sparsity_target": self.schedule.value(ctrl.step),
                        "saliency_mass": float(enc.saliency.mass().detach()), "saliency_capacity": self.admm.capacity(
                            enc.saliency, max(ctrl.step, 0))}
@@ -224,29 +217,22 @@ class HashGridPruning(SparsityCallback):
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        admm = self.admm_state if self.admm_state is not None else self._pending_admm
-        if admm is not None:
-            state["admm"] = {k: v.detach().cpu().clone() for k, v in admm.items()}
+        state["admm"] = {k: v.detach().cpu().clone() for k, v in self.admm_state.items()}
         return state
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if "admm" not in state_dict:
-            raise ValueError(f"not a HashGridPruning state: keys {sorted(state_dict)}")
-        admm = {k: v.clone() for k, v in state_dict["admm"].items()}
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "admm"})
-        if self.encoding is None:
-            self._pending_admm = admm
-        else:
-            self.admm._check(self.encoding.saliency, admm)
-            self.admm_state = admm
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "admm" not in state:
+            raise ValueError(f"not a HashGridPruning state: keys {sorted(state)}")
+        admm = {k: v.clone() for k, v in state["admm"].items()}
+        self.admm._check(self._enc().saliency, admm)
+        super().load_state_dict(state)
+        self.admm_state = admm
 
     def _enc(self) -> HashEncoding:
         if self.encoding is None:
-            raise RuntimeError("HashGridPruning is not set up: it runs inside Trainer.fit")
+            raise RuntimeError("HashGridPruning is not attached: it runs inside Trainer.fit")
         return self.encoding
 
     def __repr__(self) -> str:
         return (f"HashGridPruning(schedule={self.schedule!r}, admm={self.admm!r}, allocator={self.allocator!r}, "
-                f"encoding={self.encoding_name!r}, update_every={self.update_every}, remove={self.finalize})")
+                f"encoding={self.encoding_name!r}, update_every={self.update_every}, name={self.name!r})")
