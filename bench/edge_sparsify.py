@@ -69,7 +69,7 @@ def sparsified(data, method: str, removed: float, seed: int):
     if method == "random":
         torch.manual_seed(seed)
         return dropout_edge(data.edge_index, p=removed, force_undirected=True)[0]
-    return TEDDY(keep_ratio=1.0 - removed)(data.clone()).edge_index
+    return TEDDY(sparsity=removed)(data.clone()).edge_index
 
 
 def ugs_eval(data, removed: float, seed: int, epochs: int, round_steps: int):

@@ -47,6 +47,7 @@ from torch_geometric.utils import dropout_edge
 
 from sparsity_core.lightning import SparsityCallback
 from sparsity_core.schedules import Constant, Cubic
+from sparsity_core.validation import check_sparsity
 from sparsity_plugins.graph import (GCN, GIN, GTSP, TEDDY, UGS, GraphClassifier, GraphGPS, GTSPConfig, NodeClassifier,
                                     count_flops, node_datamodule, planetoid, rate_for, sbm_graph, tudataset)
 
@@ -65,17 +66,16 @@ class NodeData(pl.LightningDataModule):
         root: folder holding ``planetoid/Cora/raw`` (copied into ``cache_dir``).
         sparsifier: ``teddy``, ``random`` (``dropout_edge``, undirected), ``ugs`` (the
             graph stays whole here; the UGS program learns which edges to keep) or ``none``.
-        keep_ratio: fraction of the (undirected) edges kept.
+        edge_sparsity: fraction of the (undirected) edges removed.
     """
 
     def __init__(self, dataset: Literal["cora", "sbm"] = "cora", root: Optional[str] = None,
                  cache_dir: str = str(OUT / "data"), sparsifier: Literal["teddy", "random", "ugs", "none"] = "teddy",
-                 keep_ratio: float = 0.5, seed: int = 0) -> None:
+                 edge_sparsity: float = 0.5, seed: int = 0) -> None:
         super().__init__()
-        if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+        check_sparsity(edge_sparsity, "edge_sparsity")
         self.dataset, self.root, self.cache_dir = dataset, Path(root) if root else SHARED, cache_dir
-        self.sparsifier, self.keep_ratio, self.seed = sparsifier, keep_ratio, seed
+        self.sparsifier, self.edge_sparsity, self.seed = sparsifier, edge_sparsity, seed
         self.full = self._load()
         self.data = self._sparsify(self.full)
         self.inner = node_datamodule(self.data)
@@ -98,13 +98,13 @@ class NodeData(pl.LightningDataModule):
         return data
 
     def _sparsify(self, data):
-        if self.sparsifier in ("none", "ugs") or self.keep_ratio == 1.0:
+        if self.sparsifier in ("none", "ugs") or self.edge_sparsity == 0.0:
             return data
         if self.sparsifier == "teddy":
-            return TEDDY(keep_ratio=self.keep_ratio)(data.clone())
+            return TEDDY(sparsity=self.edge_sparsity)(data.clone())
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)
-        edge_index, _ = dropout_edge(data.edge_index, p=1.0 - self.keep_ratio, force_undirected=True)
+        edge_index, _ = dropout_edge(data.edge_index, p=self.edge_sparsity, force_undirected=True)
         torch.random.set_rng_state(gen_state)
         out = data.clone()
         out.edge_index = edge_index
@@ -172,7 +172,7 @@ def run_node(cli: NodeCLI) -> Dict[str, Any]:
     if cfg.baseline:
         base_trainer = _trainer(epochs, [])
         base_trainer.fit(dense_model, datamodule=NodeData(cfg.data.dataset, cfg.data.root, cfg.data.cache_dir,
-                                                          "none", 1.0, cfg.data.seed))
+                                                          "none", 0.0, cfg.data.seed))
         report["dense_test_acc"] = dense_model.best_test()
         if cfg.model.distill_weight > 0:
             dense_model.eval()
@@ -188,7 +188,7 @@ def run_node(cli: NodeCLI) -> Dict[str, Any]:
         search_steps = cfg.ugs.rounds * cfg.ugs.steps_per_round
         weight_rate = rate_for(cfg.weights.sparsity, cfg.ugs.rounds) if cfg.weights.sparsity else 0.0
         ugs = UGS(rounds=cfg.ugs.rounds, steps_per_round=cfg.ugs.steps_per_round,
-                  edge_rate=rate_for(1.0 - cfg.data.keep_ratio, cfg.ugs.rounds), weight_rate=weight_rate)
+                  edge_rate=rate_for(cfg.data.edge_sparsity, cfg.ugs.rounds), weight_rate=weight_rate)
         callbacks.append(SparsityCallback(programs=[ugs]))
     elif cfg.weights.sparsity > 0:
         callbacks.append(SparsityCallback(Constant(sparsity=cfg.weights.sparsity), enforcement="projected_l0",

@@ -37,9 +37,12 @@ from .sync import LocalSync
 from .targets import Target
 from .validation import check_int
 
+#: The task every controller starts in (task scopes: :meth:`SparsityController.set_task`).
+DEFAULT_TASK = "default"
+
 #: Keys of :meth:`SparsityController.state_dict`; a state missing one is refused before any change.
 STATE_KEYS = ("targets", "masks", "step", "last_update_step", "current_sparsity", "history", "criterion",
-              "enforcement", "snapshot", "generator", "finalized")
+              "enforcement", "snapshot", "generator", "finalized", "task", "task_offset", "scopes")
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,12 @@ class SparsityController:
         # which would otherwise re-draw the very scores that chose the initial mask.
         self.generator = torch.Generator().manual_seed(0x9E3779B9 ^ seed)
         self.finalized = False
+        # Task scopes: the current task, where its schedule clock started, the other tasks' state.
+        self.task = DEFAULT_TASK
+        self.task_offset = 0
+        self.scopes: Dict[str, Dict[str, Any]] = {}
+        #: input statistics criteria may read (``ScoreContext.activations``), set by whoever observes
+        self.activations: Optional[Mapping[str, Any]] = None
         self._check_schedule_feasible()
         self.enforcement.attach(self)
 
@@ -146,7 +155,8 @@ class SparsityController:
 
     # -- the training-loop interface ------------------------------------------------------
     def context(self, step: Optional[int] = None) -> ScoreContext:
-        return ScoreContext(step=self.step if step is None else step, weight=self.enforcement.dense_weight)
+        return ScoreContext(step=self.step if step is None else step, weight=self.enforcement.dense_weight,
+                            activations=self.activations, task=self.task)
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final: accumulate criterion statistics, then let masks act on them."""
@@ -171,8 +181,12 @@ class SparsityController:
             self.enforcement.after_optimizer_step(self)
         return self.update(step)
 
+    def local_step(self, step: int) -> int:
+        """``step`` on the current task's clock (the schedule's step): steps since the task began."""
+        return step - self.task_offset
+
     def is_update_step(self, step: int) -> bool:
-        return self.schedule.is_update_step(step, self.update_every)
+        return self.schedule.is_update_step(self.local_step(step), self.update_every)
 
     def update(self, step: int, force: bool = False) -> bool:
         """Recompute masks if ``step`` is an update step (or ``force``)."""
@@ -202,18 +216,21 @@ class SparsityController:
 
     def budget_at(self, step: int) -> Budget:
         """The schedule's budget at ``step`` (with its sub-budgets, for a budget tree)."""
-        return Budget(sparsity=self.schedule.value(step), measure=self.measure, groups=self.schedule.group_values(step))
+        local = self.local_step(step)
+        return Budget(sparsity=self.schedule.value(local), measure=self.measure,
+                      groups=self.schedule.group_values(local))
 
     def masks_for(self, budget: Union[Budget, float], scores: Mapping[str, torch.Tensor]) -> MaskSet:
         """Masks for ``budget`` (a float: that sparsity, with the sub-budgets of the last update)."""
         if not isinstance(budget, Budget):
             step = self.last_update_step if self.last_update_step is not None else max(self.step, 0)
-            budget = Budget(sparsity=budget, measure=self.measure, groups=self.schedule.group_values(step))
+            budget = Budget(sparsity=budget, measure=self.measure,
+                            groups=self.schedule.group_values(self.local_step(step)))
         return select_masks(self.allocator, self.targets, scores, budget)
 
     def recompute(self, step: int) -> None:
-        sparsity = self.schedule.value(step)
-        self._apply_layout(step)
+        sparsity = self.schedule.value(self.local_step(step))
+        self._apply_layout(self.local_step(step))
         if sparsity == 0.0 and not self.masks:  # nothing to prune yet: no scores needed
             new = MaskSet.dense(self.targets)
         else:
@@ -267,10 +284,48 @@ class SparsityController:
     def sync_world_size(self) -> int:
         return int(getattr(self.sync, "world_size", 1))
 
+    # -- task scopes ----------------------------------------------------------------------
+    def set_task(self, task: str, step: Optional[int] = None) -> None:
+        """Switch to ``task`` at optimizer step ``step`` (default: the last one processed).
+
+        The current task's masks, criterion statistics, sparsity and schedule position are
+        kept aside; a task seen before gets its own back and its schedule clock continues
+        where it stopped; a new task starts with no masks and its schedule at step 0. Masks
+        of the task switched to are applied through the enforcement: with hard masks that
+        zeroes the weights outside them, so tasks sharing weights want a non-destructive
+        enforcement (straight-through keeps the dense weights).
+        """
+        if not isinstance(task, str) or not task:
+            raise ValueError(f"a task is named by a non-empty string, got {task!r}")
+        if task == self.task:
+            return
+        now = max(self.step if step is None else step, 0)
+        saved = self.scopes.pop(task, None)
+        self.scopes[self.task] = {
+            "masks": self.masks.state_dict(), "criterion": self.criterion.state_dict(),
+            "current_sparsity": self.current_sparsity, "last_update_step": self.last_update_step,
+            "local_step": now - self.task_offset}
+        previous = self.masks.copy() if self.masks else None
+        if saved is None:
+            self.masks, self.current_sparsity, self.last_update_step = MaskSet(), 0.0, None
+            self.criterion.reset()
+            self.task_offset = now
+        else:
+            tmap = self.target_map
+            self.masks = MaskSet({k: v.to(tmap[k].param.device if tmap[k].param is not None else None)
+                                  for k, v in saved["masks"].items()})
+            self.criterion.load_state_dict(saved["criterion"])
+            self.current_sparsity, self.last_update_step = saved["current_sparsity"], saved["last_update_step"]
+            self.task_offset = now - int(saved["local_step"])
+        self.task = task
+        if self.masks:
+            self.enforcement.apply_masks(self, previous)
+        self.history.append({"step": now, "event": "task", "task": task, "sparsity": self.sparsity()})
+
     # -- lottery-ticket rewinding ---------------------------------------------------------
     def _maybe_snapshot(self, step: int) -> None:
         rewind_step = self.schedule.snapshot_step
-        if rewind_step is None or self.snapshot is not None or step != rewind_step:
+        if rewind_step is None or self.snapshot is not None or self.local_step(step) != rewind_step:
             return
         if self.model is None:
             raise ValueError("lottery-ticket rewinding needs the controller's model= argument")
@@ -320,6 +375,9 @@ class SparsityController:
             "snapshot": None if self.snapshot is None else {k: v.cpu().clone() for k, v in self.snapshot.items()},
             "generator": self.generator.get_state(),
             "finalized": self.finalized,
+            "task": self.task,
+            "task_offset": self.task_offset,
+            "scopes": {task: dict(scope) for task, scope in self.scopes.items()},
         }
 
     def check_state(self, state: Mapping[str, Any]) -> None:
@@ -372,6 +430,8 @@ class SparsityController:
         self.snapshot = state["snapshot"]
         self.generator.set_state(state["generator"])
         self.finalized = bool(state["finalized"])
+        self.task, self.task_offset = str(state["task"]), int(state["task_offset"])
+        self.scopes = {str(task): dict(scope) for task, scope in state["scopes"].items()}
         self.to_devices()
 
     def __repr__(self) -> str:

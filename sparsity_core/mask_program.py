@@ -21,7 +21,7 @@ from .discovery import Patterns, as_patterns, discover_targets
 from .enforcement.base import Enforcement
 from .layouts import UnitLayout, parse_layout
 from .program import Host, Program
-from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS
+from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS, PROGRAMS
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
 from .targets import Target
@@ -102,6 +102,9 @@ class MaskProgram(Program):
     def after_optimizer_step(self, step: int) -> None:
         self.require().after_optimizer_step(step)
 
+    def set_task(self, task: str, step: int) -> None:
+        self.require().set_task(task, step)
+
     def report(self, detail: bool = False) -> Dict[str, float]:
         """``global`` sparsity (and, with ``detail``, every target's), ``mask_change`` after a
         mask update (the fraction of units whose state flipped)."""
@@ -175,6 +178,7 @@ class MaskProgram(Program):
         return self.require().masks
 
 
+@PROGRAMS.register("weights")
 class WeightSparsity(MaskProgram):
     """Sparsity of a model's weights (the core's program).
 

@@ -12,6 +12,8 @@ a graph's edge masks, a hash grid's entries and its ADMM loop. The host calls, i
     start(step)                  training begins (step-0 updates: one-shot, pruning at init)
     before_optimizer_step(opt)   gradients of the step are final
     after_optimizer_step(step)   once per optimizer step (never on accumulation batches)
+    set_task(task, step)         a task stream moved on (task-scoped state: masks, statistics,
+                                 the schedule clock; see SparsityController.set_task)
     report() -> {key: float}     logged by the host as ``sparsity/<name>/<key>``
     finalize()                   make the sparsity permanent (zeros, physical removal)
     state_dict()/load_state_dict(state)   plain data (tensors, numbers, strings, lists, dicts)
@@ -24,11 +26,17 @@ two programs masking the same tensor, rank-zero logging and finalize at the end 
 
 A program's ``name`` is short and stable (it keys its state in a checkpoint and its logged
 metrics); two programs under one host need distinct names.
+
+Clocks: the callback counts optimizer steps across fits (a new ``Trainer`` does not restart a
+program's schedule) and steps only programs whose ``clock`` is ``"optimizer"``. A program on
+another clock (denoising steps of a diffusion pipeline, calibration batches) is attached,
+checkpointed, reported and finalized by the callback, and stepped by whoever owns that clock
+through the same ``after_optimizer_step(step)`` call (no optimizer needed).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +73,9 @@ class Program:
     name: str = "program"
     #: whether the host calls :meth:`finalize` at the end of fit
     finalize_at_end: bool = False
+    #: what the program's steps count: ``"optimizer"`` steps (stepped by the callback) or
+    #: another clock its owner drives (``"denoising"``, ``"calibration"``, ...)
+    clock: str = "optimizer"
 
     def state_id(self) -> str:
         """A stable identity for checkpoint keys: the name and plain settings, never an address."""
@@ -84,6 +95,10 @@ class Program:
 
     def after_optimizer_step(self, step: int) -> None:
         """Called once per optimizer step with the number of steps done."""
+
+    def set_task(self, task: str, step: int) -> None:
+        """The task stream moved on to ``task`` at (program) step ``step``; programs with
+        task-scoped state switch it here."""
 
     def report(self) -> Dict[str, float]:
         """Metrics to log (the host prefixes them with ``sparsity/<name>/``)."""
@@ -119,6 +134,29 @@ class Program:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state:
             raise ValueError(f"program {self.name!r} keeps no state, got keys {sorted(state)}")
+
+
+def build_program(spec: Any) -> Program:
+    """A program from an instance, a registered name (``"ugs"``, built with its defaults) or a
+    mapping ``{"program": name, **arguments}`` (what a YAML or LightningCLI config holds)."""
+    from .registry import PROGRAMS
+
+    if isinstance(spec, Program):
+        return spec
+    if isinstance(spec, str):
+        program = PROGRAMS.build(spec)
+    elif isinstance(spec, Mapping):
+        if "program" not in spec:
+            raise ValueError(f"a program configuration needs a 'program' key naming one of {PROGRAMS.names()}, "
+                             f"got keys {sorted(spec)}")
+        args = {k: v for k, v in spec.items() if k != "program"}
+        program = PROGRAMS.build(spec["program"], **args)
+    else:
+        raise TypeError(f"a program is a Program, a registered name or a {{'program': name, ...}} mapping, "
+                        f"got {type(spec).__name__}")
+    if not isinstance(program, Program):
+        raise TypeError(f"{spec!r} built a {type(program).__name__}, not a Program")
+    return program
 
 
 def check_program_names(programs: List[Program]) -> None:

@@ -31,13 +31,13 @@ def test_node_help_lists_the_options(recipe, capsys):
         recipe.main(["node", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--data.sparsifier", "--data.keep_ratio", "--model.arch", "--weights.sparsity",
+    for option in ("--data.sparsifier", "--data.edge_sparsity", "--model.arch", "--weights.sparsity",
                    "--ugs.rounds", "--baseline", "--trainer.max_epochs"):
         assert option in out, option
 
 
 def test_teddy_run_keeps_the_budget_and_writes_the_report(recipe, tmp_path):
-    report = recipe.main(["node", "--data.dataset", "sbm", "--data.keep_ratio", "0.5", "--weights.sparsity", "0.75",
+    report = recipe.main(["node", "--data.dataset", "sbm", "--data.edge_sparsity", "0.5", "--weights.sparsity", "0.75",
                           "--trainer.max_epochs", "5", "--baseline", "false", "--output", str(tmp_path)])
     pairs_total = report["edges_total"] // 2
     assert report["edges_kept"] == 2 * -(-pairs_total // 2)  # ⌈half⌉ of the undirected pairs, both directions
@@ -48,7 +48,7 @@ def test_teddy_run_keeps_the_budget_and_writes_the_report(recipe, tmp_path):
 
 
 def test_ugs_run_with_baseline_and_distillation(recipe, tmp_path):
-    report = recipe.main(["node", "--data.dataset", "sbm", "--data.sparsifier", "ugs", "--data.keep_ratio", "0.7",
+    report = recipe.main(["node", "--data.dataset", "sbm", "--data.sparsifier", "ugs", "--data.edge_sparsity", "0.3",
                           "--ugs.rounds", "2", "--ugs.steps_per_round", "3", "--weights.sparsity", "0.5",
                           "--model.distill_weight", "0.5", "--trainer.max_epochs", "3", "--output", str(tmp_path)])
     assert "dense_test_acc" in report

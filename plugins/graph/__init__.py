@@ -9,6 +9,8 @@ reference models and offline data loaders.
 """
 from __future__ import annotations
 
+from importlib import import_module
+
 from .._lazy import lazy_getattr
 
 _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy", "check_edge_index": "teddy",
@@ -24,7 +26,14 @@ _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy
             "GTSPLayer": "gtsp_gates", "HeadGate": "gtsp_gates", "PrunedGPSLayer": "gtsp_gates",
             "SkipLayer": "gtsp_gates", "topk_per_graph": "gtsp_tokens", "induced_subgraph": "gtsp_tokens"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["register"]
+
+
+def register() -> None:
+    """Entry point of the ``sparsity_suite.plugins`` group: registers the ``ugs`` and ``gtsp``
+    programs (torch_geometric is imported when they attach)."""
+    import_module(f"{__name__}.ugs_program")
+    import_module(f"{__name__}.gtsp_program")
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

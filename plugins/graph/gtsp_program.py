@@ -28,6 +28,7 @@ from torch import nn
 from sparsity_core.discovery import Patterns, as_patterns
 from sparsity_core.mask_program import ScheduleSpec, WeightSparsity
 from sparsity_core.program import Host, Program
+from sparsity_core.registry import PROGRAMS
 from sparsity_core.schedules.base import Schedule
 
 from .gtsp import GTSPController
@@ -36,6 +37,7 @@ from .gtsp_config import GTSPConfig
 log = logging.getLogger(__name__)
 
 
+@PROGRAMS.register("gtsp")
 class GTSP(Program):
     """GTSP on the ``GPSConv`` layers of a model.
 

@@ -19,6 +19,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from sparsity_core.layouts import top_k_mask
+from sparsity_core.validation import check_sparsity
+
 from ._deps import torch_geometric
 
 BaseTransform = torch_geometric("transforms").BaseTransform
@@ -44,12 +47,6 @@ def check_edge_index(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]],
     hi_src, hi_dst = int(edge_index[0].max()), int(edge_index[1].max())
     if lo < 0 or hi_src >= n_src or hi_dst >= n_dst:
         raise ValueError(f"{what} has node ids outside [0, {num_nodes}): min {lo}, max ({hi_src}, {hi_dst})")
-
-
-def check_keep_ratio(keep_ratio: float) -> float:
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
-    return float(keep_ratio)
 
 
 def teddy_edge_scores(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int], None] = None) -> Tensor:
@@ -85,18 +82,19 @@ def teddy_edge_scores(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int],
     return score
 
 
-def _undirected_key(edge_index: Tensor, num_nodes: int) -> Tensor:
+def undirected_key(edge_index: Tensor, num_nodes: int) -> Tensor:
     lo, hi = torch.minimum(edge_index[0], edge_index[1]), torch.maximum(edge_index[0], edge_index[1])
     return lo * num_nodes + hi
 
 
-def teddy_mask(edge_index: Tensor, keep_ratio: float, num_nodes: Union[int, Tuple[int, int], None] = None,
+def teddy_mask(edge_index: Tensor, sparsity: float, num_nodes: Union[int, Tuple[int, int], None] = None,
                undirected: bool = False) -> Tensor:
-    """Boolean mask over edges keeping ``ceil(keep_ratio · E)`` non-self-loop edges with the
+    """Boolean mask over edges removing the fraction ``sparsity`` of the non-self-loop edges (it
+    keeps ``ceil((1 − sparsity) · E)`` of them) with the
     highest TEDDY scores, and every self-loop. With ``undirected=True`` the budget counts
     undirected edges, both directions share their fate, and a directed ``edge_index``
     raises ``ValueError``. Ties are broken by edge order."""
-    keep_ratio = check_keep_ratio(keep_ratio)
+    keep = 1.0 - check_sparsity(sparsity)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
     scores = teddy_edge_scores(edge_index, num_nodes)
@@ -107,23 +105,23 @@ def teddy_mask(edge_index: Tensor, keep_ratio: float, num_nodes: Union[int, Tupl
         if not is_undirected(edge_index, num_nodes=num_nodes):
             raise ValueError("edge_index is directed but undirected=True: every edge (i, j) needs its (j, i); "
                              "use torch_geometric.utils.to_undirected or undirected=False")
-        key = _undirected_key(edge_index, num_nodes)
+        key = undirected_key(edge_index, num_nodes)
         uniq, inverse = torch.unique(key, return_inverse=True)
         pair_score = torch.full((uniq.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(
             0, inverse, scores, reduce="amax")
         pair_loop = torch.zeros(uniq.numel(), dtype=torch.bool).scatter_reduce(0, inverse, loop, reduce="amax")
-        keep_pair = _top(pair_score, pair_loop, keep_ratio)
+        keep_pair = _top(pair_score, pair_loop, keep)
         return keep_pair[inverse]
-    return _top(scores, loop, keep_ratio)
+    return _top(scores, loop, keep)
 
 
-def _top(scores: Tensor, loop: Tensor, keep_ratio: float) -> Tensor:
+def _top(scores: Tensor, loop: Tensor, keep_fraction: float) -> Tensor:
+    """Self-loops and the ``ceil(keep_fraction · candidates)`` best other edges (the core's
+    top-k: ties go to the earlier edge)."""
     candidates = torch.nonzero(~loop).flatten()
-    k = math.ceil(keep_ratio * candidates.numel() - 1e-9)
+    k = math.ceil(keep_fraction * candidates.numel() - 1e-9)
     keep = loop.clone()
-    if k:
-        order = torch.argsort(scores[candidates], descending=True, stable=True)
-        keep[candidates[order[:k]]] = True
+    keep[candidates[top_k_mask(scores[candidates], k)]] = True
     return keep
 
 
@@ -136,7 +134,8 @@ def _edge_store_num_nodes(data, store) -> Union[int, Tuple[int, int]]:
 
 
 class TEDDY(BaseTransform):
-    """PyG transform keeping ``keep_ratio`` of the edges by TEDDY score (see the module).
+    """PyG transform removing the fraction ``sparsity`` of the edges, lowest TEDDY scores
+    first (see the module).
 
     Every edge store is sparsified (``HeteroData`` too); edge attributes stay aligned
     (``edge_subgraph``); the kept-edge mask of each store is left in the transform's
@@ -145,8 +144,8 @@ class TEDDY(BaseTransform):
     undirected graphs undirected.
     """
 
-    def __init__(self, keep_ratio: float, undirected: Optional[bool] = None) -> None:
-        self.keep_ratio = check_keep_ratio(keep_ratio)
+    def __init__(self, sparsity: float, undirected: Optional[bool] = None) -> None:
+        self.sparsity = check_sparsity(sparsity)
         self.undirected = undirected
         self.masks: dict = {}
 
@@ -161,7 +160,7 @@ class TEDDY(BaseTransform):
             undirected = self.undirected
             if undirected is None:
                 undirected = isinstance(n, int) and is_undirected(store.edge_index, num_nodes=n)
-            masks[key] = teddy_mask(store.edge_index, self.keep_ratio, n, undirected=bool(undirected))
+            masks[key] = teddy_mask(store.edge_index, self.sparsity, n, undirected=bool(undirected))
         if hetero:
             data = data.edge_subgraph({k: m for k, m in masks.items()})
         else:
@@ -171,7 +170,7 @@ class TEDDY(BaseTransform):
         return data
 
     def __repr__(self) -> str:
-        return f"TEDDY(keep_ratio={self.keep_ratio}, undirected={self.undirected})"
+        return f"TEDDY(sparsity={self.sparsity}, undirected={self.undirected})"
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

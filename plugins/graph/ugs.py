@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 
 from ._deps import torch_geometric
-from .teddy import _undirected_key, check_edge_index
+from .teddy import check_edge_index, undirected_key
 
 EDGE_MASK_NAME = "ugs_edge_mask"
 
@@ -51,7 +51,7 @@ class EdgeMask(nn.Module):
             is_undirected = torch_geometric("utils").is_undirected
             if not is_undirected(edge_index, num_nodes=num_nodes):
                 raise ValueError("edge_index is directed but undirected=True: every edge (i, j) needs its (j, i)")
-            key = _undirected_key(edge_index, num_nodes)
+            key = undirected_key(edge_index, num_nodes)
             _, unit = torch.unique(key[~loop], return_inverse=True)
         else:
             unit = torch.arange(int((~loop).sum()))

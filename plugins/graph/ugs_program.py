@@ -22,6 +22,7 @@ from sparsity_core.allocators.grouped import Grouped
 from sparsity_core.discovery import Patterns, as_patterns, discover_targets
 from sparsity_core.mask_program import MaskProgram
 from sparsity_core.program import Host
+from sparsity_core.registry import PROGRAMS
 from sparsity_core.schedules.iterative import Iterative
 from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_nonnegative, check_sparsity
@@ -42,6 +43,7 @@ def _drop_parametrized_copy(tensor_name: str):
     return hook
 
 
+@PROGRAMS.register("ugs")
 class UGS(MaskProgram):
     """Unified GNN sparsification (Chen et al., 2021) as a core program.
 

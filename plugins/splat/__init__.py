@@ -5,6 +5,8 @@ renderer, hash-grid pruning.
 """
 from __future__ import annotations
 
+from importlib import import_module
+
 from .._lazy import lazy_getattr
 
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
@@ -14,7 +16,13 @@ _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "impo
             "HashEncoding": "hashgrid", "SaliencyGrid": "hashgrid", "SaliencyADMM": "hashgrid_admm",
             "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_pruning", "SaliencyUsage": "hashgrid_pruning"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["register"]
+
+
+def register() -> None:
+    """Entry point of the ``sparsity_suite.plugins`` group: registers the ``hashgrid`` program
+    and the ``saliency_usage`` criterion."""
+    import_module(f"{__name__}.hashgrid_pruning")
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

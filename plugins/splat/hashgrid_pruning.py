@@ -42,6 +42,7 @@ from sparsity_core.criteria.base import AccumulatingCriterion, ScoreContext
 from sparsity_core.layouts import Rows
 from sparsity_core.mask_program import MaskProgram, ScheduleSpec
 from sparsity_core.program import Host
+from sparsity_core.registry import CRITERIA, PROGRAMS
 from sparsity_core.schedules.base import Schedule
 from sparsity_core.schedules.function import as_schedule
 from sparsity_core.targets import Target
@@ -52,6 +53,7 @@ from .hashgrid_admm import SaliencyADMM
 log = logging.getLogger(__name__)
 
 
+@CRITERIA.register("saliency_usage")
 class SaliencyUsage(AccumulatingCriterion):
     """Score of a hash entry ``e``: mean over optimizer steps of ``Σ_x s(x)·w_e(x)``, the
     gate-weighted interpolation weight with which the step's training points read it.
@@ -107,6 +109,7 @@ def find_encoding(module: torch.nn.Module, name: Optional[str] = None):
     return found[0]
 
 
+@PROGRAMS.register("hashgrid")
 class HashGridPruning(MaskProgram):
     """Prune the hash entries of a gated :class:`~.hashgrid.HashEncoding` to a budget.
 

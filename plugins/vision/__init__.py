@@ -30,9 +30,10 @@ __all__ = sorted(_EXPORTS) + ["register"]
 
 def register() -> None:
     """Entry point of the ``sparsity_suite.plugins`` group: registers the vision criteria
-    (``group_l1``, ``group_l2``, ``bn_scale``, ``head_sensitivity``) and
-    enforcements (``group``, ``mask_sparsity``, ``group_envelope``) and the ``iso_flop``
-    allocator of Sparse-IFT."""
+    (``group_l1``, ``group_l2``, ``bn_scale``, ``head_sensitivity``),
+    enforcements (``group``, ``mask_sparsity``, ``group_envelope``), the ``iso_flop``
+    allocator of Sparse-IFT and the ``channels`` program."""
+    import_module(f"{__name__}.channel_pruning")
     import_module(f"{__name__}.criteria")
     import_module(f"{__name__}.enforcement")
     import_module(f"{__name__}.sparse_ift")

@@ -23,6 +23,7 @@ from sparsity_core.discovery import Patterns, as_patterns
 from sparsity_core.enforcement.base import Enforcement
 from sparsity_core.mask_program import MaskProgram, ScheduleSpec
 from sparsity_core.program import Host
+from sparsity_core.registry import PROGRAMS
 from sparsity_core.targets import Target
 from sparsity_core.validation import check_int
 
@@ -33,6 +34,7 @@ from .groups import ChannelGroups, discover_channel_groups
 from .removal import PruningRecord, pruning_record, remove_channels
 
 
+@PROGRAMS.register("channels")
 class ChannelPruning(MaskProgram):
     """Structured (channel and head) pruning of a vision model.
 

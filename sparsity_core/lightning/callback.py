@@ -22,6 +22,10 @@ the plugins' programs) through one protocol. Hooks (Lightning's order):
   ``sparsity/global``, by the first ``SparsityCallback`` of the trainer.
 - ``on_train_end``: programs configured with ``finalize=True`` make their sparsity permanent.
 
+Programs count optimizer steps on the callback's clock, which goes on across fits: a second
+``Trainer.fit`` with the same callback continues the schedules instead of restarting them.
+``set_task(name)`` moves task-scoped programs to another task of a stream.
+
 ``state_dict`` holds every program's state under its name, so a resumed run continues
 bit-identically; the state key is built from the programs' names and stable settings (never
 from object addresses), and resuming from a checkpoint that holds no state for this callback
@@ -41,7 +45,7 @@ from ..discovery import Patterns
 from ..enforcement.base import Enforcement
 from ..layouts import UnitLayout
 from ..mask_program import MaskProgram, WeightSparsity
-from ..program import Host, Program, check_disjoint, check_program_names, missing_from_optimizers
+from ..program import Host, Program, build_program, check_disjoint, check_program_names, missing_from_optimizers
 from ..schedules.base import Schedule
 from .sync import StrategySync
 
@@ -70,7 +74,8 @@ class SparsityCallback(pl.Callback):
         measure: what the sparsity counts: ``"units"``, ``"params"`` or ``"macs"`` (MACs are
             measured with ``pl_module.example_input_array``).
         finalize: make the weight sparsity permanent at the end of training.
-        programs: further programs (plugins: ``ChannelPruning``, ``UGS``, ``GTSP``, ...).
+        programs: further programs (plugins: ``ChannelPruning``, ``UGS``, ``GTSP``, ...), as
+            instances, registered names (``"ugs"``) or ``{"program": "ugs", "rounds": 3}``.
         name: name of the weight program (its checkpoint entry and ``sparsity/<name>/...``
             metrics); two callbacks on one trainer need distinct names.
         log_per_target: also log ``sparsity/<program>/<target>`` for every target.
@@ -89,12 +94,12 @@ class SparsityCallback(pl.Callback):
         update_every: int = 100,
         measure: str = "units",
         finalize: bool = False,
-        programs: Sequence[Program] = (),
+        programs: Sequence[Union[Program, str, Dict[str, Any]]] = (),
         name: str = "weights",
         log_per_target: bool = True,
     ) -> None:
         super().__init__()
-        programs = list(programs)
+        programs = [build_program(p) for p in programs]
         weight_args = dict(criterion=criterion, allocator=allocator, enforcement=enforcement, layout=layout,
                            include=include, exclude=exclude, skip_head=skip_head, update_every=update_every,
                            measure=measure, finalize=finalize)
@@ -111,7 +116,8 @@ class SparsityCallback(pl.Callback):
         self.log_per_target = bool(log_per_target)
         self.host: Optional[Host] = None
         self._pending: Dict[str, Dict[str, Any]] = {}
-        self._seen_step = -1
+        self._seen_step = -1  # the trainer's global_step last seen (accumulation batches do not advance it)
+        self.clock = 0  # optimizer steps the programs have taken, across fits
 
     @property
     def state_key(self) -> str:
@@ -187,28 +193,35 @@ class SparsityCallback(pl.Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._require()
-        self._seen_step = trainer.global_step  # a new Trainer counts its steps from 0 again
+        self._seen_step = trainer.global_step  # a new Trainer counts its steps from 0 again; our clock goes on
+        for program in self._stepped():
+            program.start(self.clock)
+
+    def _stepped(self) -> List[Program]:
+        return [p for p in self.programs if p.clock == "optimizer" and not p.finalized]
+
+    def set_task(self, task: str) -> None:
+        """Move every program to ``task`` (task-scoped masks, statistics and schedule clocks)."""
+        self._require()
         for program in self.programs:
-            if not program.finalized:
-                program.start(trainer.global_step)
+            program.set_task(task, self.clock)
 
     # -- per optimizer step ---------------------------------------------------------------
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         self._require()
-        for program in self.programs:
-            if not program.finalized:
-                program.before_optimizer_step(optimizer)
+        for program in self._stepped():
+            program.before_optimizer_step(optimizer)
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
         if step <= self._seen_step:  # a gradient-accumulation batch: no optimizer step happened
             return
+        self.clock += step - self._seen_step
         self._seen_step = step
         self._require()
-        for program in self.programs:
-            if not program.finalized:
-                program.after_optimizer_step(step)
+        for program in self._stepped():
+            program.after_optimizer_step(self.clock)
         self._log(trainer, pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -244,7 +257,8 @@ class SparsityCallback(pl.Callback):
     def state_dict(self) -> Dict[str, Any]:
         if self.host is None:
             return {"programs": dict(self._pending)} if self._pending else {}
-        return {"programs": {p.name: p.state_dict() for p in self.programs}, "seen_step": self._seen_step}
+        return {"programs": {p.name: p.state_dict() for p in self.programs}, "seen_step": self._seen_step,
+                "clock": self.clock}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if not state_dict:
@@ -262,6 +276,7 @@ class SparsityCallback(pl.Callback):
             for program in self.programs:
                 program.load_state_dict(states[program.name])
         self._seen_step = int(state_dict.get("seen_step", -1))
+        self.clock = int(state_dict.get("clock", max(self._seen_step, 0)))
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: Dict[str, Any]) -> None:

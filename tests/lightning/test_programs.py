@@ -123,3 +123,65 @@ def test_parameters_a_program_trains_must_be_in_an_optimizer():
 def test_weight_arguments_without_a_weight_schedule_are_refused():
     with pytest.raises(ValueError, match="criterion configure the weights"):
         SparsityCallback(criterion="taylor", programs=[GateProgram()])
+
+
+class DenoisingProgram(Program):
+    """A program on another clock: the callback checkpoints it but does not step it."""
+
+    name = "denoise"
+    clock = "denoising"
+
+    def __init__(self):
+        self.calls = 0
+
+    def after_optimizer_step(self, step):
+        self.calls += 1
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = int(state["calls"])
+
+
+def test_a_program_on_another_clock_is_checkpointed_but_not_stepped():
+    prog = DenoisingProgram()
+    cb = SparsityCallback(0.5, programs=[prog])
+    fit([cb], 3)
+    assert prog.calls == 0 and cb.clock == 3
+    prog.after_optimizer_step(1)  # its owner steps it
+    assert cb.state_dict()["programs"]["denoise"] == {"calls": 1}
+
+
+def test_set_task_between_fits_gives_each_task_its_schedule_and_the_clock_goes_on():
+    cb = SparsityCallback(Cubic(end_step=4, final_sparsity=0.5), criterion="random", include="fc", update_every=2)
+    _, model = fit([cb], 4)
+    first = cb.controller.masks["fc.weight"].clone()
+    cb.set_task("second")
+    trainer(max_steps=4, callbacks=[cb]).fit(model, loader())
+    ctrl = cb.controller
+    assert cb.clock == 8 and ctrl.task == "second" and ctrl.task_offset == 4
+    second = [(h["step"], h["target_sparsity"]) for h in ctrl.history if h["event"] == "update"][-3:]
+    assert second == [(4, 0.0), (6, pytest.approx(0.4375)), (8, 0.5)]
+    cb.set_task("default")
+    assert torch.equal(ctrl.masks["fc.weight"], first)
+
+
+def test_programs_are_built_by_name_from_a_configuration():
+    from sparsity_core.registry import UnknownNameError
+
+    cb = SparsityCallback(programs=[{"program": "weights", "schedule": 0.5, "include": "fc", "name": "fc"}])
+    assert cb.programs[0].name == "fc" and cb.programs[0].include == "fc"
+    t, model = fit([cb], 1)
+    assert float(t.callback_metrics["sparsity/fc/global"]) == 0.5
+    with pytest.raises(UnknownNameError, match="Did you mean 'weights'"):
+        SparsityCallback(programs=["weight"])
+    with pytest.raises(ValueError, match="needs a 'program' key"):
+        SparsityCallback(programs=[{"schedule": 0.5}])
+
+
+def test_plugin_programs_register_through_the_entry_point_group():
+    from sparsity_core.registry import PROGRAMS, load_plugins
+
+    load_plugins(force=True)
+    assert {"weights", "channels", "ugs", "gtsp", "hashgrid"} <= set(PROGRAMS.names())

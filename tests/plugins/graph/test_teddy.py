@@ -44,20 +44,20 @@ def test_self_loops_are_never_removed_and_not_counted():
     scores = teddy_edge_scores(ei, 5)
     assert math.isinf(scores[-1]) and math.isinf(scores[-2])
     assert torch.allclose(scores[:-2], teddy_edge_scores(EDGE_INDEX, 5))  # degrees ignore self-loops
-    mask = teddy_mask(ei, 0.25, 5, undirected=True)
+    mask = teddy_mask(ei, 0.75, 5, undirected=True)
     assert mask[-2:].all() and int(mask[:-2].sum()) == 2  # one undirected edge + the loops
 
 
 def test_transform_keeps_edge_attributes_aligned_and_reports_the_mask():
     attr = torch.arange(EDGE_INDEX.size(1), dtype=torch.float).unsqueeze(1)
     data = Data(x=torch.randn(5, 3), edge_index=EDGE_INDEX, edge_attr=attr, edge_weight=attr.squeeze(1) * 2)
-    out = TEDDY(keep_ratio=0.5)(data)
+    out = TEDDY(sparsity=0.5)(data)
     mask = out.teddy_kept
     assert torch.equal(out.edge_index, EDGE_INDEX[:, mask])
     assert torch.equal(out.edge_attr, attr[mask]) and torch.equal(out.edge_weight, attr.squeeze(1)[mask] * 2)
     assert pyg.utils.is_undirected(out.edge_index)
     assert data.edge_index.size(1) == 8  # the input is not modified
-    assert repr(TEDDY(0.5)) == "TEDDY(keep_ratio=0.5, undirected=None)"
+    assert repr(TEDDY(0.5)) == "TEDDY(sparsity=0.5, undirected=None)"
 
 
 def test_hetero_data_sparsifies_every_edge_type():
@@ -66,7 +66,7 @@ def test_hetero_data_sparsifies_every_edge_type():
     data["author"].num_nodes = 2
     data["author", "writes", "paper"].edge_index = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 2]])
     data["paper", "cites", "paper"].edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
-    t = TEDDY(keep_ratio=0.5)
+    t = TEDDY(sparsity=0.5)
     out = t(data)
     w = out["author", "writes", "paper"].edge_index
     # bipartite degrees: author0 3, author1 1; paper0 1, paper1 1, paper2 2 -> (1, 2) scores highest
@@ -87,10 +87,10 @@ def test_bad_edge_index_is_a_clear_error(bad, match):
         teddy_edge_scores(bad, 5)
 
 
-@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.1, True])
-def test_keep_ratio_outside_unit_interval_is_refused(ratio):
-    with pytest.raises(ValueError, match="keep_ratio"):
-        TEDDY(ratio)
+@pytest.mark.parametrize("sparsity", [1.0, 1.5, -0.1, True])
+def test_sparsity_outside_0_1_is_refused(sparsity):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        TEDDY(sparsity)
 
 
 def test_directed_graph_passed_as_undirected_is_refused():
