@@ -26,7 +26,7 @@ from torch import nn
 from _common import mean_std, parser, progress, result, start, table, target
 from _data import mnist_split
 from _train import fit_eval, weight_sparsity
-from sparsity_core import SRSTE, Constant, DecayingMask, SparsityCallback
+from sparsity_core import SRSTE, Constant, DecayingMask, Regime, SparsityCallback
 
 PATTERNS = ("2:4", "1:4", "1:8")
 METHODS = ("STE", "SR-STE", "progressive")
@@ -53,7 +53,7 @@ def callbacks(method: str, pattern: str, exclude, total: int):
     elif method == "SR-STE":
         enforcement = SRSTE(decay=2e-4)
     else:
-        enforcement = DecayingMask(decay="linear", start_step=0, end_step=max(1, 2 * total // 3), sr_ste_decay=2e-4)
+        enforcement = Regime(DecayingMask(decay="linear", start_step=0, end_step=max(1, 2 * total // 3)), SRSTE(2e-4))
     n, m = (int(v) for v in pattern.split(":"))
     return [SparsityCallback(Constant(sparsity=1 - n / m, start_step=0, end_step=total), layout=pattern,
                              enforcement=enforcement, exclude=exclude, update_every=1, finalize=True,

@@ -13,8 +13,8 @@ from .allocators import ERK, LAMP, Allocator, Budget, GlobalRank, Uniform
 from .controller import SparsityController
 from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor, Wanda
 from .discovery import discover_targets
-from .enforcement import (SRSTE, DecayingMask, Enforcement, HardMask, ProjectedL0, PruneRegrow, SoftShrink,
-                          StraightThrough)
+from .enforcement import (SRSTE, DecayingMask, Enforcement, HardMask, ProjectedL0, PruneRegrow, Regime, RegimePart,
+                          SoftShrink, StraightThrough)
 from .layouts import NM, Channels, Elements, Rows, UnitLayout
 from .mask_program import MaskProgram, WeightSparsity
 from .masks import MaskSet
@@ -39,7 +39,7 @@ __all__ = [
     "PruneRegrow", "SoftShrink", "StepwiseNM", "Program", "Host", "MaskProgram", "WeightSparsity",
     "FunctionSchedule", "GrowthToBudget", "as_schedule", "ActivationObserver", "InputStats", "observe",
     "OneShotResult", "one_shot_prune", "Wanda", "append_rows", "rebind_optimizer", "replace_parameter",
-    "select_rows",
+    "select_rows", "Regime", "RegimePart",
 ]
 
 

@@ -28,8 +28,9 @@ from .allocators.base import Allocator
 from .allocators.budget import MEASURES, Budget
 from .criteria.base import Criterion, ScoreContext
 from .enforcement.base import Enforcement
+from .enforcement.regime import RegimePart, build_enforcement
 from .masks import MaskSet
-from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS
+from .registry import ALLOCATORS, CRITERIA
 from .selection import build_component, score_targets, select_masks
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
@@ -69,7 +70,7 @@ class SparsityController:
         schedule: Union[Schedule, float, Callable[[int], float]],
         criterion: Union[str, Criterion] = "magnitude",
         allocator: Union[str, Allocator] = "global",
-        enforcement: Union[str, Enforcement] = "hard",
+        enforcement: Union[str, Enforcement, RegimePart] = "hard",
         update_every: int = 100,
         measure: str = "units",
         model: Optional[nn.Module] = None,
@@ -90,7 +91,7 @@ class SparsityController:
         self.schedule = schedule
         self.criterion: Criterion = build_component(CRITERIA, criterion, Criterion, "criterion")
         self.allocator: Allocator = build_component(ALLOCATORS, allocator, Allocator, "allocator")
-        self.enforcement: Enforcement = build_component(ENFORCEMENTS, enforcement, Enforcement, "enforcement")
+        self.enforcement: Enforcement = build_enforcement(enforcement)
         self.update_every = update_every
         self.measure = measure
         self.model = model

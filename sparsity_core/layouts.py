@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 
 from .registry import LAYOUTS
+from .validation import check_int
 
 Shape = Tuple[int, ...]
 
@@ -111,8 +112,8 @@ class NM(Elements):
     name = "nm"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.n, int) and isinstance(self.m, int)):
-            raise ValueError(f"N:M needs integers, got n={self.n!r}, m={self.m!r}")
+        check_int(self.n, "N of N:M")
+        check_int(self.m, "M of N:M")
         if not 0 < self.n < self.m:
             raise ValueError(f"N:M needs 0 < N < M, got {self.n}:{self.m}")
 

@@ -19,9 +19,10 @@ from .selection import build_component
 from .criteria.base import Criterion
 from .discovery import Patterns, as_patterns, discover_targets
 from .enforcement.base import Enforcement
+from .enforcement.regime import RegimePart, build_enforcement
 from .layouts import UnitLayout, parse_layout
 from .program import Host, Program
-from .registry import ALLOCATORS, CRITERIA, ENFORCEMENTS, PROGRAMS
+from .registry import ALLOCATORS, CRITERIA, PROGRAMS
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
 from .targets import Target
@@ -48,13 +49,14 @@ class MaskProgram(Program):
     summary_keys = ("global", "mask_change")
 
     def __init__(self, schedule: ScheduleSpec = 0.5, criterion: Union[str, Criterion] = "magnitude",
-                 allocator: Union[str, Allocator] = "global", enforcement: Union[str, Enforcement] = "hard",
-                 update_every: int = 100, measure: str = "units", finalize: bool = False,
-                 name: Optional[str] = None, start_at: int = 0) -> None:
+                 allocator: Union[str, Allocator] = "global",
+                 enforcement: Union[str, Enforcement, RegimePart] = "hard", update_every: int = 100,
+                 measure: str = "units", finalize: bool = False, name: Optional[str] = None,
+                 start_at: int = 0) -> None:
         self.schedule = as_schedule(schedule, at_step=start_at)
         self.criterion = build_component(CRITERIA, criterion, Criterion, "criterion")
         self.allocator = build_component(ALLOCATORS, allocator, Allocator, "allocator")
-        self.enforcement = build_component(ENFORCEMENTS, enforcement, Enforcement, "enforcement")
+        self.enforcement = build_enforcement(enforcement)
         self.update_every = check_int(update_every, "update_every", minimum=1)
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
@@ -191,8 +193,8 @@ class WeightSparsity(MaskProgram):
     name = "weights"
 
     def __init__(self, schedule: ScheduleSpec = 0.5, criterion: Union[str, Criterion] = "magnitude",
-                 allocator: Union[str, Allocator] = "global", enforcement: Union[str, Enforcement] = "hard",
-                 layout: Union[str, UnitLayout] = "element", include: Patterns = None, exclude: Patterns = None,
+                 allocator: Union[str, Allocator] = "global",
+                 enforcement: Union[str, Enforcement, RegimePart] = "hard", layout: Union[str, UnitLayout] = "element", include: Patterns = None, exclude: Patterns = None,
                  skip_head: bool = True, update_every: int = 100, measure: str = "units", finalize: bool = False,
                  name: Optional[str] = None) -> None:
         super().__init__(schedule=schedule, criterion=criterion, allocator=allocator, enforcement=enforcement,

@@ -27,13 +27,14 @@ import torch
 from torch import nn
 
 from .allocators.base import Allocator
-from .allocators.budget import Budget, check_sparsity
+from .allocators.budget import Budget
 from .criteria.base import Criterion, ScoreContext
 from .masks import MaskSet, apply_mask_
 from .observe import ActivationObserver, Forward
 from .registry import ALLOCATORS, CRITERIA
 from .selection import build_component, score_targets, select_masks
 from .targets import Target
+from .validation import check_sparsity
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 

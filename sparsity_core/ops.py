@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .validation import check_int
+
 Remap = Callable[[Tensor], Tensor]
 
 __all__ = ["replace_parameter", "rebind_optimizer", "select_rows", "append_rows"]
@@ -57,8 +59,7 @@ def select_rows(index: Tensor, dim: int = 0) -> Remap:
 
 def append_rows(count: int, fill: float = 0, dim: int = 0) -> Remap:
     """Remap appending ``count`` entries filled with ``fill`` along ``dim``."""
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise ValueError(f"count must be an int >= 0, got {count!r}")
+    count = check_int(count, "count", 0)
 
     def remap(v: Tensor) -> Tensor:
         shape = list(v.shape)

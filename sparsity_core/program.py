@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from .state import NoState
 from .sync import LocalSync
 
 
@@ -66,7 +67,7 @@ class Host:
     trainer: Any = None
 
 
-class Program:
+class Program(NoState):
     """Base class: every hook is a no-op, so a program implements only what it needs."""
 
     #: key of the program's state and metrics; subclasses set a default, users may rename
@@ -128,12 +129,6 @@ class Program:
     def detach(self) -> None:
         """Undo :meth:`attach` (the host's set-up failed elsewhere)."""
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"program {self.name!r} keeps no state, got keys {sorted(state)}")
 
 
 def build_program(spec: Any) -> Program:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 import torch
 
 from .layouts import Elements, UnitLayout
+from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from .criteria.base import ScoreContext
@@ -77,9 +78,7 @@ class Target:
         """Change the number of units of a flat (1-D, parameter-free) target."""
         if self.param is not None or len(self.shape) != 1:
             raise ValueError(f"only flat targets without a parameter can be resized; {self.name!r} has shape {self.shape}")
-        if num_units < 0:
-            raise ValueError(f"num_units must be >= 0, got {num_units}")
-        self.shape = (int(num_units),)
+        self.shape = (check_int(num_units, "num_units", 0),)
 
     def unit_reduce(self, values: ElementValues, context: "ScoreContext") -> Optional[torch.Tensor]:
         """``Σ_{e∈u} values(w, g)_e`` for every unit ``u``: the one accessor criteria read a

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from sparsity_core.validation import check_int, check_range
+
 from ._deps import torch_geometric
 
 
@@ -60,9 +62,8 @@ def sbm_graph(block_sizes: Sequence[int] = (50, 50, 50), p_in: float = 0.2, p_ou
     ``p_out`` across; label = block; features = block centre + Gaussian noise."""
     if not block_sizes or any(int(b) <= 0 for b in block_sizes):
         raise ValueError(f"block_sizes must be positive ints, got {block_sizes!r}")
-    for name, p in (("p_in", p_in), ("p_out", p_out)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {p!r}")
+    check_range(p_in, "p_in")
+    check_range(p_out, "p_out")
     k = len(block_sizes)
     probs = torch.full((k, k), float(p_out))
     probs.fill_diagonal_(float(p_in))
@@ -79,7 +80,9 @@ def sbm_graph(block_sizes: Sequence[int] = (50, 50, 50), p_in: float = 0.2, p_ou
 def grid_graph(height: int, width: int, num_features: int = 4, seed: int = 0):
     """Undirected ``height × width`` 4-neighbour grid (no self-loops); label = which half
     of the grid a node lies in."""
-    if height < 1 or width < 1 or height * width < 2:
+    check_int(height, "height", 1)
+    check_int(width, "width", 1)
+    if height * width < 2:
         raise ValueError(f"grid needs at least two nodes, got {height}x{width}")
     idx = torch.arange(height * width).view(height, width)
     right = torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)])

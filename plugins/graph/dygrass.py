@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparsity_core.validation import check_int, check_positive, check_range
+
 from .dygrass_walks import (SlackAdjacency, lowest_resistance_path, recover_off_tree, spanning_forest,
                             tree_resistance, walk_resistance)
 from .teddy import check_edge_index
@@ -66,9 +68,7 @@ def _weights(edge_weight: Optional[Tensor], num_edges: int, what: str) -> np.nda
 
 def _num_nodes(edge_index: Tensor, num_nodes: Optional[int]) -> int:
     if num_nodes is not None:
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or num_nodes <= 0:
-            raise ValueError(f"num_nodes must be a positive int, got {num_nodes!r}")
-        return int(num_nodes)
+        return check_int(num_nodes, "num_nodes", 1)
     if isinstance(edge_index, Tensor) and edge_index.dtype == torch.long and edge_index.numel():
         return int(edge_index.max()) + 1
     return 1  # let check_edge_index name what is wrong
@@ -117,16 +117,7 @@ def _pyg(src: np.ndarray, dst: np.ndarray, w: np.ndarray, n: int) -> Tuple[Tenso
     return torch.from_numpy(np.stack([row[order], col[order]])), torch.from_numpy(ww[order])
 
 
-def _check_density(density: float) -> float:
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not density >= 1.0:
-        raise ValueError(f"density (target |E_H| / |V|) must be a number >= 1, got {density!r}")
-    return float(density)
-
-
-def _check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
+_DENSITY = "density (target |E_H| / |V|)"  # how the density checks name the argument
 
 
 def grass_sparsifier(edge_index: Tensor, edge_weight: Optional[Tensor] = None, num_nodes: Optional[int] = None,
@@ -136,7 +127,8 @@ def grass_sparsifier(edge_index: Tensor, edge_weight: Optional[Tensor] = None, n
     ``density · |V|`` edges (see the module docstring). Returns ``(edge_index, edge_weight)``
     of H with both directions of each edge, weights as in G (unit if ``edge_weight`` is
     ``None``)."""
-    density, beta = _check_density(density), _check_int("beta", beta, 0)
+    density = check_range(density, _DENSITY, 1.0, math.inf, high_open=True)
+    beta = check_int(beta, "beta", 0)
     n = _num_nodes(edge_index, num_nodes)
     src, dst, w = _canonical(edge_index, edge_weight, n)
     keep, _ = _grass(src, dst, w, n, density, beta)
@@ -173,13 +165,13 @@ class DynamicSparsifier:
     def __init__(self, edge_index: Tensor, edge_weight: Optional[Tensor] = None, num_nodes: Optional[int] = None,
                  *, density: float = 1.15, beta: int = 3, num_walks: int = 256, max_steps: int = 100,
                  threshold: Optional[float] = None, seed: Optional[int] = 0):
-        self.density, self.beta = _check_density(density), _check_int("beta", beta, 0)
-        self.num_walks, self.max_steps = _check_int("num_walks", num_walks, 1), _check_int("max_steps", max_steps, 1)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not 0 < threshold < math.inf):
-            raise ValueError(f"threshold must be a finite number > 0 or None, got {threshold!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.density = check_range(density, _DENSITY, 1.0, math.inf, high_open=True)
+        self.beta = check_int(beta, "beta", 0)
+        self.num_walks, self.max_steps = check_int(num_walks, "num_walks", 1), check_int(max_steps, "max_steps", 1)
+        if threshold is not None:
+            threshold = check_positive(threshold, "threshold (or None)")
+        if seed is not None:
+            seed = check_int(seed, "seed (or None)")
         n = self.num_nodes = _num_nodes(edge_index, num_nodes)
         src, dst, w = _canonical(edge_index, edge_weight, n)
         keep, cut = _grass(src, dst, w, n, self.density, self.beta)
@@ -286,9 +278,8 @@ class DynamicSparsifier:
 
     def insert(self, u: int, v: int, w: float = 1.0) -> bool:
         """Insert one edge; ``True`` if it joined H."""
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ValueError(f"w must be a number, got {w!r}")
-        return bool(self.insert_edges(_pair(u, v), torch.tensor([float(w)], dtype=torch.float64))[0])
+        w = check_positive(w, "w (the edge weight)")
+        return bool(self.insert_edges(_pair(u, v), torch.tensor([w], dtype=torch.float64))[0])
 
     def delete(self, u: int, v: int) -> bool:
         """Delete one edge; ``True`` if it was in H."""
@@ -296,7 +287,4 @@ class DynamicSparsifier:
 
 
 def _pair(u: int, v: int) -> Tensor:
-    for x in (u, v):
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-            raise ValueError(f"node ids must be ints, got {x!r}")
-    return torch.tensor([[int(u)], [int(v)]], dtype=torch.long)
+    return torch.tensor([[check_int(u, "node id u")], [check_int(v, "node id v")]], dtype=torch.long)

@@ -4,12 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Tuple, Union
 
-from sparsity_core.allocators.budget import check_sparsity
 from sparsity_core.schedules.base import Schedule
 from sparsity_core.schedules.constant import Constant
+from sparsity_core.validation import check_int, check_nonnegative, check_range, check_sparsity
 
 from .gtsp_plan import KINDS, Limits
-from .gtsp_tokens import check_ratio
 
 
 @dataclass
@@ -64,17 +63,13 @@ class GTSPConfig:
         check_sparsity(self.max_heads, "max_heads (fraction of heads that may close; 1 would allow removing "
                                        "every head of every layer)")
         check_sparsity(self.max_layers, "max_layers (fraction of layers that may close)")
-        check_ratio(self.min_token_keep, "min_token_keep")
-        check_ratio(self.token_step, "token_step")
+        check_range(self.min_token_keep, "min_token_keep", low_open=True)
+        check_range(self.token_step, "token_step", low_open=True)
         check_sparsity(self.ema, "ema")
         for name in ("token_noise", "overshoot"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+            check_nonnegative(getattr(self, name), name)
         for name in ("update_every", "calibration_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(getattr(self, name), name, 1)
         self.edge_keys = tuple(self.edge_keys)
 
     @property

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -214,8 +214,3 @@ class LayerCost:
         return {"channels": self.channels, "heads": self.heads, "head_dim": self.head_dim,
                 "node_flops": self.node_flops, "edge_flops": self.edge_flops,
                 "sizes": [list(s) for s in self.sizes], "edges": list(self.edges)}
-
-
-def plan_flops(costs: Sequence[LayerCost], layer_open, head_keep, token_keep, scorer: bool, other: float) -> float:
-    """Total analytic FLOPs per batch of a plan (layers + ``other`` fixed FLOPs)."""
-    return other + sum(c.flops(o, sum(h), r, scorer) for c, o, h, r in zip(costs, layer_open, head_keep, token_keep))

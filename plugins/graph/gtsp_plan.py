@@ -3,7 +3,8 @@
 A :class:`GTSPPlan` is plain data: per layer whether it is open, which heads it keeps and
 the fraction ``ρ`` of each graph's nodes it processes. :func:`allocate` grows a plan
 (closed units stay closed) until its FLOPs ``F`` satisfy ``F ≤ (1 − s)·F_dense`` for the
-scheduled fraction ``s``. Greedy on importance per FLOP: among the allowed moves (close
+scheduled fraction ``s``, with the core's greedy knapsack
+(:func:`~sparsity_core.allocators.knapsack.greedy_removal`): among the allowed moves (close
 one head, close one layer, lower one layer's ``ρ`` by ``token_step``) it takes the one with
 the smallest ``I_u / ΔF_u``, where ``I_u`` is the Taylor importance of the unit (loss
 change, comparable across kinds; for a token move the per-node importance times the nodes
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from sparsity_core.allocators.knapsack import InfeasibleBudget, greedy_removal
 
 from .gtsp_flops import LayerCost
 
@@ -145,44 +148,30 @@ def importance_of(move: Move, importance: Dict[str, list], costs: Sequence[Layer
 def allocate(plan: GTSPPlan, costs: Sequence[LayerCost], other: float, importance: Dict[str, list], target: float,
              limits: Limits, ceiling: Optional[float] = None) -> GTSPPlan:
     """The plan grown from ``plan`` until it removes at least ``target`` of the dense FLOPs
-    (see the module). ``ValueError`` (and ``plan`` unchanged) when the limits cannot reach it."""
+    (see the module), by the core's greedy knapsack engine. ``ValueError`` (and ``plan``
+    unchanged) when the limits cannot reach it."""
     scorer = "tokens" in limits.kinds
     dense_plan = GTSPPlan.dense([len(h) for h in plan.head_keep])
     dense = total_flops(costs, dense_plan, other, False)
     if dense <= 0:
         raise ValueError("the cost model has no FLOPs: calibrate it on at least one batch first")
-    goal = (1.0 - target) * dense
-    floor_flops = (1.0 - (ceiling if ceiling is not None else 1.0)) * dense
-    cur = plan.copy()
-    per_layer = [layer_flops(costs, cur, i, scorer) for i in range(len(costs))]
-    flops = other + sum(per_layer)
-    while flops > goal + 1e-9 * dense:
-        best, fallback = None, None
-        for move in moves(cur, limits):
-            new = apply_move(cur, move, limits, costs)
-            if new is None:
-                continue
-            layer = move[1]
-            new_layer = layer_flops(costs, new, layer, scorer)
-            save = per_layer[layer] - new_layer
-            if save <= 0:
-                continue
-            after = flops - save
-            if after >= floor_flops - 1e-9 * dense:
-                key = (importance_of(move, importance, costs, cur, new) / save, -save)
-                if best is None or key < best[0]:
-                    best = (key, move, new, new_layer)
-            elif fallback is None or after > fallback[0]:
-                fallback = (after, move, new, new_layer)
-        pick = best or fallback
-        if pick is None:
-            removed = 1.0 - flops / dense
-            raise ValueError(
-                f"GTSP budget infeasible: removing {target:.1%} of the FLOPs needs more than the limits allow "
-                f"(reached {removed:.1%} with kinds={limits.kinds}, max_heads={limits.max_heads}, "
-                f"max_layers={limits.max_layers}, min_token_keep={limits.min_token_keep}); "
-                "raise a limit, enable another kind or lower the target")
-        _, move, cur, new_layer = pick
-        flops -= per_layer[move[1]] - new_layer
-        per_layer[move[1]] = new_layer
-    return cur
+
+    def step(cur: GTSPPlan, move: Move):
+        new = apply_move(cur, move, limits, costs)
+        if new is None:
+            return None
+        return new, layer_flops(costs, cur, move[1], scorer) - layer_flops(costs, new, move[1], scorer)
+
+    try:
+        result, _ = greedy_removal(
+            plan.copy(), total_flops(costs, plan, other, scorer), (1.0 - target) * dense,
+            moves=lambda cur: moves(cur, limits), apply=step,
+            value=lambda cur, move, new: importance_of(move, importance, costs, cur, new),
+            floor=(1.0 - (ceiling if ceiling is not None else 1.0)) * dense, tolerance=1e-9 * dense)
+    except InfeasibleBudget:
+        raise ValueError(
+            f"GTSP budget infeasible: removing {target:.1%} of the FLOPs needs more than the limits allow "
+            f"(kinds={limits.kinds}, max_heads={limits.max_heads}, max_layers={limits.max_layers}, "
+            f"min_token_keep={limits.min_token_keep}); raise a limit, enable another kind or lower the target"
+        ) from None
+    return result

@@ -17,16 +17,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from sparsity_core.validation import check_range
+
 from ._deps import torch_geometric
-
-
-def check_ratio(value: float, what: str, low_open: bool = True) -> float:
-    """A ratio in (0, 1] (or [0, 1] with ``low_open=False``); ``ValueError`` otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and ((0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0))
-    if not ok:
-        raise ValueError(f"{what} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
-    return float(value)
 
 
 def graph_sizes(batch: Optional[Tensor], num_nodes: int) -> Tensor:
@@ -59,7 +52,7 @@ def rank_per_graph(score: Tensor, batch: Optional[Tensor]) -> Tensor:
 def topk_per_graph(score: Tensor, keep_ratio: float, batch: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Boolean mask of the ``max(1, ⌈ρ·n_g⌉)`` highest-scored nodes of every graph, and the
     within-graph rank of every node (0 = best). Ties are broken by node order."""
-    keep_ratio = check_ratio(keep_ratio, "keep_ratio")
+    keep_ratio = check_range(keep_ratio, "keep_ratio", low_open=True)
     if score.dim() != 1:
         raise ValueError(f"score must be 1-D [num_nodes], got shape {list(score.shape)}")
     if batch is not None and batch.shape != score.shape:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparsity_core.validation import check_int, check_range
+
 from ._deps import torch_geometric
 
 
@@ -24,8 +26,7 @@ def sparse_input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """``F.dropout(x, p, training)`` drawing randoms only for the non-zero entries."""
     if not training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be in [0, 1), got {p!r}")
+    check_range(p, "dropout p", high_open=True)
     rows, cols = x.nonzero(as_tuple=True)
     keep = torch.rand(rows.numel(), device=x.device) >= p
     rows, cols = rows[keep], cols[keep]
@@ -62,8 +63,7 @@ class GIN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 32, num_layers: int = 2,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        check_int(num_layers, "num_layers", 1)
         GINConv = torch_geometric("nn").GINConv
         dims = [in_channels] + [hidden] * (num_layers - 1) + [out_channels]
         self.convs = nn.ModuleList()

@@ -16,6 +16,8 @@ from typing import Optional
 
 from torch import Tensor
 
+from sparsity_core.validation import check_positive
+
 from ._deps import torch_geometric
 from .teddy import check_edge_index
 
@@ -59,8 +61,7 @@ def relative_condition_number(edge_index_g: Tensor, edge_index_h: Tensor, num_no
     """κ(G, H) of two graphs on the same ``num_nodes`` nodes (see the module docstring)."""
     check_edge_index(edge_index_g, num_nodes, "edge_index_g")
     check_edge_index(edge_index_h, num_nodes, "edge_index_h")
-    if shift <= 0:
-        raise ValueError(f"shift must be > 0, got {shift!r}")
+    check_positive(shift, "shift")
     is_undirected = torch_geometric("utils").is_undirected
     for what, ei, w in (("G", edge_index_g, weight_g), ("H", edge_index_h, weight_h)):
         if not is_undirected(ei, w, num_nodes=num_nodes):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from sparsity_core.layouts import top_k_mask
-from sparsity_core.validation import check_sparsity
+from sparsity_core.validation import check_positive, check_sparsity
 
 from ._deps import torch_geometric
 
@@ -177,8 +177,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     """TEDDY's optional distillation term toward the model trained on the dense graph:
     ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` averaged over nodes (Hinton et al.,
     2015); the teacher's logits are not differentiated."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_positive(temperature, "temperature")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher logits differ in shape: {list(student_logits.shape)} vs "
                          f"{list(teacher_logits.shape)}")

@@ -28,6 +28,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
+from sparsity_core.validation import check_range
 
 from ._deps import torch_geometric
 from .teddy import check_edge_index, undirected_key
@@ -115,6 +116,5 @@ class WeightMask(nn.Module):
 
 def rate_for(removed: float, rounds: int) -> float:
     """Per-round rate that removes the fraction ``removed`` in ``rounds`` rounds."""
-    if not 0.0 <= removed < 1.0:
-        raise ValueError(f"removed must be in [0, 1), got {removed!r}")
+    removed = check_range(removed, "removed", high_open=True)
     return 1.0 - (1.0 - removed) ** (1.0 / rounds)

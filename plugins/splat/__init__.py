@@ -11,6 +11,7 @@ from .._lazy import lazy_getattr
 
 _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "importance": "scores",
             "PosedImages": "data", "load_npz": "data", "load_nerf_synthetic": "data", "ResidualGate": "queen",
+            "ResidualGating": "queen_program",
             "GaussianSplatModule": "module", "random_splats": "module", "psnr": "module", "render": "render",
             "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats",
             "HashEncoding": "hashgrid", "SaliencyGrid": "hashgrid", "SaliencyADMM": "hashgrid_admm",
@@ -20,9 +21,10 @@ __all__ = sorted(_EXPORTS) + ["register"]
 
 
 def register() -> None:
-    """Entry point of the ``sparsity_suite.plugins`` group: registers the ``hashgrid`` program
-    and the ``saliency_usage`` criterion."""
+    """Entry point of the ``sparsity_suite.plugins`` group: registers the ``hashgrid`` and
+    ``queen`` programs and the ``saliency_usage`` criterion."""
     import_module(f"{__name__}.hashgrid_pruning")
+    import_module(f"{__name__}.queen_program")
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

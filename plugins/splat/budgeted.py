@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from sparsity_core.schedules.growth import GrowthToBudget
+from sparsity_core.validation import check_int, check_positive, check_range
 
 from ._deps import gsplat
 from .scores import DEFAULT_WEIGHTS, check_weights, importance
@@ -93,18 +94,14 @@ class BudgetedStrategy(Strategy):
 
     def __post_init__(self) -> None:
         for name in ("budget", "refine_every", "reset_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(getattr(self, name), name, 1)
         if not 0 <= self.refine_start_iter < self.refine_stop_iter:
             raise ValueError(f"need 0 <= refine_start_iter < refine_stop_iter, got "
                              f"{self.refine_start_iter}, {self.refine_stop_iter}")
-        if not 0.0 <= self.prune_fraction < 1.0:
-            raise ValueError(f"prune_fraction must be in [0, 1), got {self.prune_fraction!r}")
+        check_range(self.prune_fraction, "prune_fraction", high_open=True)
         if self.mode not in ("taming", "turbo"):
             raise ValueError(f"mode must be 'taming' or 'turbo', got {self.mode!r}")
-        if not 0.0 < self.appearance_quantile < 1.0:
-            raise ValueError(f"appearance_quantile must be in (0, 1), got {self.appearance_quantile!r}")
+        check_range(self.appearance_quantile, "appearance_quantile", low_open=True, high_open=True)
         self.score_weights = check_weights(self.score_weights)
 
     def refines_at(self, step: int) -> bool:
@@ -146,8 +143,7 @@ class BudgetedStrategy(Strategy):
                 raise ValueError(f"params[{name!r}] has NaN/Inf entries")
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
-        if not scene_scale > 0:
-            raise ValueError(f"scene_scale must be > 0, got {scene_scale!r}")
+        scene_scale = check_positive(scene_scale, "scene_scale")
         return {"grad2d": None, "count": None, "hits": None, "blend": None, "loss_hits": None, "depth_inv": None,
                 "scene_scale": float(scene_scale), "schedule": None, "progress": 0.0, "loss_ema": None,
                 "loss_at_refine": None, "initial_count": None}
@@ -311,8 +307,7 @@ def prune_to_budget(params, optimizers, state: Dict[str, Any], budget: int, stra
     priors available: opacity and volume before any training statistics). Returns how many
     were removed."""
     n = len(params["means"])
-    if not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be an int >= 1, got {budget!r}")
+    check_int(budget, "budget", 1)
     if n <= budget:
         return 0
     strategy = strategy or BudgetedStrategy(budget=budget)

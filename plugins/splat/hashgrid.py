@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sparsity_core.ops import replace_parameter, select_rows
+from sparsity_core.validation import check_int
 
 PRIMES = (1, 2654435761, 805459861)
 _U32 = 0xFFFFFFFF
@@ -101,8 +102,7 @@ class SaliencyGrid(nn.Module):
 
     def __init__(self, dim: int, resolution: int, init_logit: float = 2.0) -> None:
         super().__init__()
-        if not isinstance(resolution, int) or resolution < 2:
-            raise ValueError(f"saliency resolution must be an int >= 2 (vertices per axis), got {resolution!r}")
+        check_int(resolution, "saliency resolution (vertices per axis)", 2)
         self.dim, self.resolution = dim, resolution
         self.logits = nn.Parameter(torch.full((resolution,) * dim, float(init_logit)))
         self._strides = [resolution ** (dim - 1 - k) for k in range(dim)]  # row-major
@@ -144,12 +144,10 @@ class HashEncoding(nn.Module):
         super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")
-        for name, v, lo in (("levels", levels, 1), ("log2_table_size", log2_table_size, 1), ("features", features, 1),
-                            ("base_resolution", base_resolution, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if log2_table_size > 30:
-            raise ValueError(f"log2_table_size must be <= 30, got {log2_table_size}")
+        check_int(levels, "levels", 1)
+        check_int(log2_table_size, "log2_table_size", 1, 30)
+        check_int(features, "features", 1)
+        check_int(base_resolution, "base_resolution", 1)
         if max_resolution < base_resolution:
             raise ValueError(f"max_resolution ({max_resolution}) must be >= base_resolution ({base_resolution})")
         self.dim, self.levels, self.features = dim, levels, features

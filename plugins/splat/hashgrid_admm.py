@@ -28,9 +28,9 @@ from typing import Dict, Union
 import torch
 from torch import Tensor
 
-from sparsity_core.allocators.budget import check_sparsity
 from sparsity_core.schedules.base import Schedule
 from sparsity_core.schedules.constant import Constant
+from sparsity_core.validation import check_int, check_positive, check_range, check_sparsity
 
 from .hashgrid import SaliencyGrid
 
@@ -43,8 +43,7 @@ def project_budget(v: Tensor, capacity: float, iters: int = 100) -> Tensor:
     ``Σ clamp(v − τ, 0, 1) = capacity`` (found by bisection in float64; the sum is monotone in τ).
     """
     n = v.numel()
-    if not 0.0 <= capacity <= n:
-        raise ValueError(f"capacity must be in [0, {n}] (the number of entries), got {capacity!r}")
+    capacity = check_range(capacity, "capacity (at most the number of entries)", 0.0, n)
     z = v.clamp(0.0, 1.0)
     if float(z.sum()) <= capacity:
         return z
@@ -91,14 +90,10 @@ class SaliencyADMM:
     every: int = 16
 
     def __post_init__(self) -> None:
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float, Schedule)):
-            raise ValueError(f"sparsity must be a float in [0, 1) or a Schedule, got {self.sparsity!r}")
         if not isinstance(self.sparsity, Schedule):
-            self.sparsity = Constant(sparsity=check_sparsity(self.sparsity, "saliency sparsity"))
-        if not isinstance(self.rho, (int, float)) or isinstance(self.rho, bool) or not self.rho > 0:
-            raise ValueError(f"rho must be a number > 0, got {self.rho!r}")
-        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
-            raise ValueError(f"every must be an int >= 1, got {self.every!r}")
+            self.sparsity = Constant(sparsity=check_sparsity(self.sparsity, "saliency sparsity (or a Schedule)"))
+        check_positive(self.rho, "rho")
+        check_int(self.every, "every", 1)
 
     def capacity(self, grid: SaliencyGrid, step: int) -> float:
         """``C`` at ``step``."""

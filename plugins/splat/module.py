@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from sparsity_core.validation import check_int, check_positive, check_range
+
 from .budgeted import BudgetedStrategy, prune_to_budget, state_from_plain, state_to_plain
 from .data import PosedImages
 from .render import render
@@ -51,8 +53,8 @@ DEFAULT_LRS = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2
 def random_splats(n: int, extent: float, seed: int = 0, opacity: float = 0.1) -> Dict[str, Tensor]:
     """``n`` Gaussians uniform in the cube ``[−extent, extent]³``; each scale the mean
     distance to its 3 nearest neighbours (gsplat's initialisation), random rotations."""
-    if n < 1 or not extent > 0:
-        raise ValueError(f"need n >= 1 and extent > 0, got {n}, {extent}")
+    check_int(n, "n", 1)
+    check_positive(extent, "extent")
     g = torch.Generator().manual_seed(seed)
     means = (torch.rand(n, 3, generator=g) * 2 - 1) * extent
     k = min(3, n - 1)
@@ -113,12 +115,10 @@ class GaussianSplatModule(pl.LightningModule):
                  tile_size: Optional[int] = None, backend: str = "auto", with_stats: bool = False,
                  seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        check_int(steps, "steps", 1)
         if val is not None and (val.height, val.width) != (train.height, train.width):
             raise ValueError(f"train views are {train.height}x{train.width}, val views {val.height}x{val.width}")
-        if not 0.0 <= ssim_lambda <= 1.0:
-            raise ValueError(f"ssim_lambda must be in [0, 1], got {ssim_lambda!r}")
+        check_range(ssim_lambda, "ssim_lambda")
         self.automatic_optimization = False
         self.train_views, self.val_views, self.strategy = train, val, strategy
         self.steps, self.ssim_lambda, self.seed = steps, ssim_lambda, seed
@@ -314,8 +314,7 @@ class GaussianSplatModule(pl.LightningModule):
         if set(counts.values()) != {n}:
             raise ValueError(f"the checkpoint's splats disagree on the Gaussian count: {counts}")
         iteration = saved["iteration"]
-        if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-            raise ValueError(f"the saved iteration must be an int >= 0, got {iteration!r}")
+        iteration = check_int(iteration, "the saved iteration", 0)
         state = state_from_plain(saved["strategy_state"])
         expected = set(self.strategy.initialize_state(scene_scale=self.scene_scale))
         if state and set(state) != expected:  # empty: saved before the first step

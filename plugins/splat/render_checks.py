@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from sparsity_core.validation import check_int
+
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 MAX_SH_DEGREE = 4
 
@@ -19,12 +21,9 @@ def _shape(name: str, t: object, expected: str, ok: bool) -> None:
         raise ValueError(f"{name} must have shape {expected}, got {list(t.shape)}")
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _real(name: str, value: object, low: float = -math.inf) -> None:
+    """A number ``>= low`` that may be infinite (``far_plane=inf``: no far clipping), which
+    the checks of :mod:`sparsity_core.validation` (finite numbers only) would refuse."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < low:
         raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
 
@@ -51,8 +50,7 @@ def check_inputs(
             (colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N))))
         channels = colors.shape[-1]
     else:
-        if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= MAX_SH_DEGREE:
-            raise ValueError(f"sh_degree must be None or an int in [0, {MAX_SH_DEGREE}], got {sh_degree!r}")
+        check_int(sh_degree, "sh_degree (or None)", 0, MAX_SH_DEGREE)
         k = (sh_degree + 1) ** 2
         _shape("colors", colors, f"[N={N}, K>={k}, 3] or [C={C}, N={N}, K>={k}, 3] (SH of degree {sh_degree})",
                isinstance(colors, Tensor) and colors.shape[-1:] == (3,) and colors.dim() in (3, 4)
@@ -76,10 +74,10 @@ def check_inputs(
             raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if t.dtype != means.dtype or t.device != means.device:
             raise ValueError(f"{name} is {t.dtype} on {t.device} but means is {means.dtype} on {means.device}")
-    _positive_int("width", width)
-    _positive_int("height", height)
+    check_int(width, "width", 1)
+    check_int(height, "height", 1)
     if tile_size is not None:
-        _positive_int("tile_size", tile_size)
+        check_int(tile_size, "tile_size", 1)
     _real("near_plane", near_plane)
     _real("far_plane", far_plane)
     if not near_plane < far_plane:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "GroupTraceError": "tracing",
     "GroupMask": "enforcement", "MaskSparsity": "enforcement", "GroupEnvelope": "enforcement",
     "BNScale": "criteria", "HeadSensitivity": "criteria",
-    "CostModel": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
+    "ChannelCost": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
     "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
     "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
     "prune_channels": "oneshot", "SparseWide": "sparse_ift", "IsoFlopAllocator": "sparse_ift",

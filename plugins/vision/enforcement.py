@@ -29,6 +29,7 @@ from torch import nn
 from sparsity_core.enforcement.base import Enforcement
 from sparsity_core.masks import MaskSet
 from sparsity_core.registry import ENFORCEMENTS
+from sparsity_core.validation import check_positive
 
 from .groups import ChannelGroup
 
@@ -199,9 +200,7 @@ class MaskSparsity(GroupMask):
 
     def __init__(self, strength: float = 1e-4) -> None:
         super().__init__()
-        if not strength > 0:
-            raise ValueError(f"MaskSparsity strength must be > 0, got {strength!r}")
-        self.strength = float(strength)
+        self.strength = check_positive(strength, "MaskSparsity strength")
 
     @torch.no_grad()
     def before_optimizer_step(self, ctrl, optimizer) -> None:
@@ -230,8 +229,7 @@ class GroupEnvelope(GroupMask):
 
     def __init__(self, strength: float = 1e-2, weighting: str = "sqrt_size") -> None:
         super().__init__()
-        if not strength > 0:
-            raise ValueError(f"GroupEnvelope strength must be > 0, got {strength!r}")
+        strength = check_positive(strength, "GroupEnvelope strength")
         if weighting not in ("sqrt_size", "none"):
             raise ValueError(f"weighting must be 'sqrt_size' or 'none', got {weighting!r}")
         self.strength = float(strength)

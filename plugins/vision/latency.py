@@ -9,12 +9,14 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
+from sparsity_core.validation import check_int
+
 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 3) -> Dict[str, float]:
     """``{"median_ms", "min_ms", "threads", "batch"}`` of ``model(example)``."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    check_int(repeats, "repeats", 1)
+    check_int(warmup, "warmup", 0)
     was_training = model.training
     model.eval()
     for _ in range(warmup):

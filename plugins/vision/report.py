@@ -13,6 +13,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from sparsity_core.validation import check_int
+
 from ._deps import torch_pruning
 from .latency import interleaved_latency
 
@@ -29,8 +31,7 @@ def pruning_report(dense: nn.Module, pruned: nn.Module, example: torch.Tensor, b
                    repeats: int = 10, accuracy_before: Optional[float] = None, accuracy_after: Optional[float] = None,
                    pruned_input_format: torch.memory_format = torch.contiguous_format) -> Dict[str, object]:
     """Compare ``dense`` and ``pruned`` on inputs shaped like ``example`` (any batch)."""
-    if repeats < 10:
-        raise ValueError(f"latency needs at least 10 repeats for a median, got {repeats}")
+    check_int(repeats, "repeats (latency needs at least 10 for a median)", 10)
     d, p = count_macs_params(dense, example), count_macs_params(pruned, example)
     out: Dict[str, object] = {
         "threads": torch.get_num_threads(),

@@ -46,6 +46,7 @@ from sparsity_core.allocators.base import Allocator
 from sparsity_core.allocators.budget import Budget
 from sparsity_core.registry import ALLOCATORS
 from sparsity_core.targets import Target
+from sparsity_core.validation import check_int, check_sparsity
 
 __all__ = [
     "IsoFlopAllocator",
@@ -64,28 +65,12 @@ _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 # -- validation -------------------------------------------------------------------------
-def _check_sparsity(sparsity: float, what: str = "sparsity") -> float:
-    try:
-        ok = not isinstance(sparsity, bool) and 0.0 <= float(sparsity) < 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{what} must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
-
-
-def _check_width(width: int, what: str = "width") -> int:
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ValueError(f"{what} must be a positive int, got {width!r}")
-    return width
-
-
 def _check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
     shape = tuple(shape)
     if not shape:
         raise ValueError(f"{what} must be a non-empty shape, got {shape!r}")
     for d in shape:
-        _check_width(d, f"every dimension of {what}")
+        check_int(d, f"every dimension of {what}", 1)
     return shape
 
 
@@ -96,7 +81,7 @@ def widen_factor(sparsity: float) -> float:
     A layer widened on both sides by ``k`` has ``k**2 = 1 / (1 - s)`` times the weights, so
     at sparsity ``s`` it keeps the dense number of nonzeros.
     """
-    return 1.0 / math.sqrt(1.0 - _check_sparsity(sparsity))
+    return 1.0 / math.sqrt(1.0 - check_sparsity(sparsity))
 
 
 def widen_width(width: int, sparsity: float, multiple_of: int = 1) -> int:
@@ -108,8 +93,8 @@ def widen_width(width: int, sparsity: float, multiple_of: int = 1) -> int:
     >>> widen_width(16, 0.75)
     32
     """
-    _check_width(width)
-    _check_width(multiple_of, "multiple_of")
+    check_int(width, "width", 1)
+    check_int(multiple_of, "multiple_of", 1)
     wide = width * widen_factor(sparsity)
     wide = int(math.floor(wide / multiple_of + 0.5 + 1e-9)) * multiple_of
     return max(multiple_of, wide)
@@ -129,8 +114,8 @@ def sparse_wide_widths(widths: Sequence[int], sparsity: float, multiple_of: int 
     if len(widths) < 2:
         raise ValueError(f"widths needs at least an input and an output width, got {widths!r}")
     for w in widths:
-        _check_width(w, "every width")
-    _check_sparsity(sparsity)
+        check_int(w, "every width", 1)
+    check_sparsity(sparsity)
     hidden = [widen_width(w, sparsity, multiple_of) for w in widths[1:-1]]
     return [widths[0], *hidden, widths[-1]]
 
@@ -249,8 +234,8 @@ class SparseWide:
     multiple_of: int = 1
 
     def __post_init__(self) -> None:
-        _check_sparsity(self.sparsity)
-        _check_width(self.multiple_of, "multiple_of")
+        check_sparsity(self.sparsity)
+        check_int(self.multiple_of, "multiple_of", 1)
 
     @property
     def factor(self) -> float:
@@ -306,7 +291,7 @@ class IsoFlopAllocator(Allocator):
                  min_keep_units: int = 1, round_to: int = 1) -> None:
         super().__init__(min_keep_fraction=min_keep_fraction, min_keep_units=min_keep_units, round_to=round_to)
         self.sparsities: Dict[str, float] = {
-            str(name): _check_sparsity(s, f"sparsity of {name!r}") for name, s in dict(sparsities or {}).items()
+            str(name): check_sparsity(s, f"sparsity of {name!r}") for name, s in dict(sparsities or {}).items()
         }
 
     def sparsity_of(self, target: Target) -> float:

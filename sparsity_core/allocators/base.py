@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 
 from ..targets import Target
+from ..validation import check_int, check_range
 from .budget import Budget, unit_cost
 
 
@@ -20,12 +21,9 @@ class Allocator:
     """Base class: subclasses implement :meth:`distribute`."""
 
     def __init__(self, min_keep_fraction: float = 0.0, min_keep_units: int = 1, round_to: int = 1) -> None:
-        if not 0.0 <= min_keep_fraction <= 1.0:
-            raise ValueError(f"min_keep_fraction must be in [0, 1], got {min_keep_fraction!r}")
-        if not (isinstance(min_keep_units, int) and min_keep_units >= 0):
-            raise ValueError(f"min_keep_units must be an int >= 0, got {min_keep_units!r}")
-        if not (isinstance(round_to, int) and round_to >= 1):
-            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+        check_range(min_keep_fraction, "min_keep_fraction")
+        check_int(min_keep_units, "min_keep_units", 0)
+        check_int(round_to, "round_to", 1)
         self.min_keep_fraction = min_keep_fraction
         self.min_keep_units = min_keep_units
         self.round_to = round_to

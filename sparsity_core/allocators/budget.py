@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from ..targets import Target
-from ..validation import check_sparsity
+from ..validation import check_nonnegative, check_sparsity
 
 MEASURES = ("units", "params", "macs")
 
@@ -38,8 +38,8 @@ class Budget:
             raise ValueError("a budget needs exactly one of sparsity= or keep=")
         if self.sparsity is not None:
             check_sparsity(self.sparsity)
-        if self.keep is not None and not self.keep >= 0:
-            raise ValueError(f"budget keep must be >= 0, got {self.keep!r}")
+        if self.keep is not None:
+            check_nonnegative(self.keep, "budget keep")
         if self.groups is not None:
             for name, value in self.groups.items():
                 check_sparsity(value, f"sparsity of group {name!r}")

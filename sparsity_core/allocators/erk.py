@@ -15,6 +15,7 @@ import torch
 
 from ..registry import ALLOCATORS
 from ..targets import Target
+from ..validation import check_positive
 from .base import Allocator
 from .budget import unit_cost
 
@@ -30,8 +31,7 @@ def erk_raw_density(shape: Sequence[int], power: float = 1.0) -> float:
 class ERK(Allocator):
     def __init__(self, power: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not power > 0:
-            raise ValueError(f"ERK power must be > 0, got {power!r}")
+        check_positive(power, "ERK power")
         self.power = power
 
     def densities(self, targets: Sequence[Target], keep_cost: float, measure: str,

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 
+from ..state import NoState
 from ..targets import Target
 
 OBSERVES = ("never", "step", "forward", "calibration")
@@ -69,7 +70,7 @@ class _NeedsGradients:
         obj.observes = "step" if value else ("never" if obj.observes == "step" else obj.observes)
 
 
-class Criterion:
+class Criterion(NoState):
     """Base class. ``observes`` says when statistics are collected (see the module doc)."""
 
     observes: str = "never"
@@ -95,13 +96,6 @@ class Criterion:
 
     def reset(self) -> None:
         """Forget accumulated statistics (called after masks are recomputed)."""
-
-    def state_dict(self) -> Dict[str, object]:
-        return {}
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
 
 class AccumulatingCriterion(Criterion):

@@ -9,16 +9,15 @@ import torch
 
 from ..registry import CRITERIA
 from ..targets import Target
+from ..validation import check_int
 from .base import Criterion, ScoreContext
 
 
 @CRITERIA.register("random")
 class RandomScores(Criterion):
     def __init__(self, seed: int = 0) -> None:
-        if not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
+        self.seed = check_int(seed, "seed")
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
         return torch.rand(target.num_units, generator=self._generator)

@@ -3,10 +3,12 @@ from .base import Enforcement, weight_targets
 from .decaying import DecayingMask
 from .hard import HardMask
 from .projected import ProjectedL0
+from .regime import Regime, RegimePart, build_enforcement
 from .prune_regrow import PruneRegrow
 from .soft_shrink import SoftShrink
 from .sr_ste import SRSTE
 from .straight_through import StraightThrough
 
-__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "SoftShrink",
+__all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "Regime", "RegimePart",
+           "build_enforcement", "SoftShrink",
            "SRSTE", "StraightThrough"]

@@ -7,8 +7,8 @@ zeroed at once. The forward pass uses
     w̃ = w ⊙ (m + (1 − m) · β(t))
 
 and the dense weights receive the exact gradient of that product (pruned weights get
-β(t)·∂L/∂w̃), optionally plus the SR-STE decay λ(1 − m) ⊙ w. With p the progress from
-``start_step`` to ``end_step``:
+β(t)·∂L/∂w̃); add the SR-STE decay λ(1 − m) ⊙ w as a regime part:
+``Regime(DecayingMask(...), SRSTE(λ))``. With p the progress from ``start_step`` to ``end_step``:
 
 - ``linear``:       β = 1 − p
 - ``exponential``:  β = (e^(−αp) − e^(−α)) / (1 − e^(−α))      (α = ``rate``, default 5)
@@ -35,7 +35,7 @@ class DecayingMask(StraightThrough):
     name = "decaying"
 
     def __init__(self, decay: str = "linear", start_step: int = 0, end_step: int = 1000, stages: int = 4,
-                 rate: float = 5.0, sr_ste_decay: float = 0.0) -> None:
+                 rate: float = 5.0) -> None:
         super().__init__()
         if decay not in DECAYS:
             raise ValueError(f"decay must be one of {', '.join(DECAYS)}; got {decay!r}")
@@ -43,10 +43,10 @@ class DecayingMask(StraightThrough):
             raise ValueError(f"need integers 0 <= start_step < end_step, got {start_step!r}, {end_step!r}")
         if not (isinstance(stages, int) and stages >= 1):
             raise ValueError(f"stages must be an int >= 1, got {stages!r}")
-        if not rate > 0 or not sr_ste_decay >= 0:
-            raise ValueError(f"rate must be > 0 and sr_ste_decay >= 0, got {rate!r}, {sr_ste_decay!r}")
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0, got {rate!r}")
         self.decay, self.start_step, self.end_step = decay, start_step, end_step
-        self.stages, self.rate, self.sr_ste_decay = stages, float(rate), float(sr_ste_decay)
+        self.stages, self.rate = stages, float(rate)
 
     def beta(self, step: int) -> float:
         p = min(1.0, max(0.0, (step - self.start_step) / (self.end_step - self.start_step)))
@@ -74,9 +74,7 @@ class DecayingMask(StraightThrough):
             if t.param.grad is None or t.name not in self.dense:
                 continue
             t.param.grad.mul_(self.soft_factor(ctrl, t))
-            if self.sr_ste_decay:
-                t.param.grad.add_(self.dense[t.name] * (1.0 - self.factor(ctrl, t)), alpha=self.sr_ste_decay)
 
     def __repr__(self) -> str:
         return (f"DecayingMask(decay={self.decay!r}, start_step={self.start_step}, end_step={self.end_step}, "
-                f"stages={self.stages}, sr_ste_decay={self.sr_ste_decay})")
+                f"stages={self.stages})")

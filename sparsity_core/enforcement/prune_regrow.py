@@ -11,9 +11,11 @@ With ``redistribute=True`` the drop and the regrowth are ranked globally over al
 (Dynamic Sparse Learning-style redistribution), so the layer-wise distribution may move
 while the total stays constant; each target keeps at least one unit.
 
-Between updates masks are hard (pruned weights, gradients and moments are zero). Gradient
-statistics are averaged over ranks before regrowth, and the resulting masks broadcast from
-rank 0, so every DDP rank regrows the same weights.
+A regime part: alone it runs on hard masks (pruned weights, gradients and moments are zero
+between updates); ``Regime(StraightThrough(), PruneRegrow(...))`` regrows under
+straight-through training. New masks are asked for through the controller's
+``replace_masks`` (broadcast from rank 0, history); gradient statistics are averaged over
+ranks before regrowth, so every DDP rank regrows the same weights.
 """
 from __future__ import annotations
 
@@ -26,19 +28,18 @@ from ..layouts import NM, top_k_mask
 from ..masks import MaskSet
 from ..registry import ENFORCEMENTS
 from .base import weight_targets
-from .hard import HardMask
+from .regime import RegimePart
 from .regrowth import REGROWTH, HebbianRecorder
 
 DECAYS = ("cosine", "constant")
 
 
 @ENFORCEMENTS.register("prune_regrow")
-class PruneRegrow(HardMask):
+class PruneRegrow(RegimePart):
     name = "prune_regrow"
 
     def __init__(self, regrow: str = "gradient", every: int = 100, drop_fraction: float = 0.3,
                  end_step: Optional[int] = None, decay: str = "cosine", redistribute: bool = False) -> None:
-        super().__init__()
         if regrow not in REGROWTH:
             raise ValueError(f"regrow must be one of {', '.join(REGROWTH)}; got {regrow!r}")
         if not (isinstance(every, int) and every >= 1):
@@ -57,7 +58,7 @@ class PruneRegrow(HardMask):
         self._hebbian = HebbianRecorder()
 
     # -- configuration checks -------------------------------------------------------------
-    def attach(self, ctrl) -> None:
+    def attach(self, regime, ctrl) -> None:
         for t in ctrl.targets:
             if t.param is None:
                 raise ValueError(f"prune-and-regrow needs weight targets; {t.name!r} has no parameter")
@@ -87,21 +88,19 @@ class PruneRegrow(HardMask):
             return self.drop_fraction
         return self.drop_fraction / 2.0 * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step))
 
-    def bind(self, ctrl) -> None:
+    def bind(self, regime, ctrl) -> None:
         self._hebbian.armed = self.regrow == "hebbian" and self.is_regrow_step(max(ctrl.step, 0) + 1)
 
     # -- hooks ----------------------------------------------------------------------------
     @torch.no_grad()
-    def before_optimizer_step(self, ctrl, optimizer) -> None:
+    def observe_gradients(self, regime, ctrl, optimizer) -> None:
         upcoming = max(ctrl.step, 0) + 1
         if self.regrow == "gradient" and self.is_regrow_step(upcoming):
             for t in weight_targets(ctrl, optimizer):  # the dense gradient, before masking
                 if t.param.grad is not None:
                     self._grad_scores[t.name] = t.layout.reduce_sum(t.param.grad.abs().float())
-        super().before_optimizer_step(ctrl, optimizer)
 
-    def after_optimizer_step(self, ctrl) -> None:
-        super().after_optimizer_step(ctrl)
+    def after_optimizer_step(self, regime, ctrl) -> None:
         step = ctrl.step
         if ctrl.masks and self.is_regrow_step(step) and step != ctrl.last_update_step:
             ctrl.replace_masks(self.prune_and_regrow(ctrl, step), step, event="prune_regrow")
@@ -129,7 +128,8 @@ class PruneRegrow(HardMask):
     def prune_and_regrow(self, ctrl, step: int) -> MaskSet:
         alpha = self.drop_fraction_at(step)
         grow = self.regrowth_scores(ctrl)
-        magnitude = {t.name: t.layout.reduce_sum(t.param.detach().abs().float()).reshape(-1).cpu() for t in ctrl.targets}
+        magnitude = {t.name: t.layout.reduce_sum(ctrl.enforcement.dense_weight(t).abs().float()).reshape(-1).cpu()
+                     for t in ctrl.targets}
         masks = {t.name: ctrl.masks[t.name].reshape(-1).cpu() for t in ctrl.targets}
         if self.redistribute:
             new = _global_swap(ctrl.targets, masks, magnitude, grow, alpha)

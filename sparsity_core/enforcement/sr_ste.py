@@ -7,33 +7,38 @@ gradient plus a decay that pulls pruned weights toward zero:
     w ← w − η · ( ∂L/∂w̃ + λ · (1 − m) ⊙ w )
 
 which damps the mask oscillation ("flip") that plain STE suffers. The paper uses λ = 2e-4.
+
+A regime part (a gradient rule): alone it runs on straight-through masking; with another
+action or other parts, compose it, e.g. ``Regime(DecayingMask(...), SRSTE(2e-4))`` or
+``Regime(StraightThrough(), SRSTE(), PruneRegrow("gradient", ...))``.
 """
 from __future__ import annotations
 
 import torch
 
 from ..registry import ENFORCEMENTS
-from .base import weight_targets
+from ..validation import check_nonnegative
+from .base import Enforcement, weight_targets
+from .regime import RegimePart
 from .straight_through import StraightThrough
 
 
 @ENFORCEMENTS.register("sr_ste")
-class SRSTE(StraightThrough):
+class SRSTE(RegimePart):
     name = "sr_ste"
 
     def __init__(self, decay: float = 2e-4) -> None:
-        super().__init__()
-        if not decay >= 0:
-            raise ValueError(f"SR-STE decay λ must be >= 0, got {decay!r}")
-        self.decay = float(decay)
+        self.decay = check_nonnegative(decay, "SR-STE decay λ")
+
+    def default_action(self) -> Enforcement:
+        return StraightThrough()
 
     @torch.no_grad()
-    def before_optimizer_step(self, ctrl, optimizer) -> None:
-        super().before_optimizer_step(ctrl, optimizer)  # the parameter now holds the dense w
-        for t in weight_targets(ctrl, optimizer):
-            if t.param.grad is not None and t.name in self.dense:
-                pruned = 1.0 - self.factor(ctrl, t)
-                t.param.grad.add_(self.dense[t.name] * pruned, alpha=self.decay)
+    def adjust_gradients(self, regime, ctrl, optimizer) -> None:
+        for t in weight_targets(ctrl, optimizer):  # the action put the dense w in the parameter
+            if t.param.grad is not None:
+                pruned = 1.0 - regime.factor(ctrl, t)
+                t.param.grad.add_(regime.dense_weight(t) * pruned, alpha=self.decay)
 
     def __repr__(self) -> str:
         return f"SRSTE(decay={self.decay})"

@@ -43,6 +43,7 @@ from ..controller import SparsityController
 from ..criteria.base import Criterion
 from ..discovery import Patterns
 from ..enforcement.base import Enforcement
+from ..enforcement.regime import RegimePart
 from ..layouts import UnitLayout
 from ..mask_program import MaskProgram, WeightSparsity
 from ..program import Host, Program, build_program, check_disjoint, check_program_names, missing_from_optimizers
@@ -86,7 +87,7 @@ class SparsityCallback(pl.Callback):
         schedule: Union[Schedule, float, Callable[[int], float], None] = None,
         criterion: Union[str, Criterion] = "magnitude",
         allocator: Union[str, Allocator] = "global",
-        enforcement: Union[str, Enforcement] = "hard",
+        enforcement: Union[str, Enforcement, RegimePart] = "hard",
         layout: Union[str, UnitLayout] = "element",
         include: Patterns = None,
         exclude: Patterns = None,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Optional
 
-from ..validation import check_sparsity
+from ..validation import check_int, check_sparsity
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..layouts import UnitLayout
@@ -25,9 +25,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         for name in ("start_step", "end_step"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            check_int(getattr(self, name), name, 0)
         if self.end_step < self.start_step:
             raise ValueError(f"end_step ({self.end_step}) must be >= start_step ({self.start_step})")
 

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..registry import SCHEDULES
+from ..validation import check_int
 from .base import Schedule
 
 
@@ -28,12 +29,8 @@ class GrowthToBudget(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("initial_count", "budget"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if self.budget < 1:
-            raise ValueError(f"budget must be >= 1, got {self.budget}")
+        self.initial_count = check_int(self.initial_count, "initial_count", 0)
+        self.budget = check_int(self.budget, "budget", 1)
         if self.end_step == self.start_step:
             raise ValueError(f"growth needs end_step > start_step, got {self.start_step}..{self.end_step}")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from ..validation import check_sparsity
+from ..validation import check_int, check_sparsity
 from ..registry import SCHEDULES
 from .base import Schedule
 
@@ -40,17 +40,12 @@ class Iterative(Schedule):
                 raise ValueError(f"rates must be a non-empty {{group: per-round rate}} dict, got {self.rates!r}")
             self.rates = {str(g): check_sparsity(p, f"per-round rate of {g!r}") for g, p in self.rates.items()}
         for name in ("rounds", "steps_per_round"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            setattr(self, name, check_int(getattr(self, name), name, 1))
         self.end_step = self.start_step + self.rounds * self.steps_per_round
         super().__post_init__()
         if self.rewind_step is not None:
             first_prune = self.start_step + self.steps_per_round
-            if not isinstance(self.rewind_step, int) or not 0 <= self.rewind_step < first_prune:
-                raise ValueError(
-                    f"rewind_step must be an int in [0, {first_prune}) (before the first pruning round), got {self.rewind_step!r}"
-                )
+            self.rewind_step = check_int(self.rewind_step, "rewind_step (before the first pruning round)", 0, first_prune - 1)
 
     def round_at(self, step: int) -> int:
         """Number of rounds completed at ``step``."""

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 from ..layouts import NM, Elements, UnitLayout
 from ..registry import SCHEDULES
+from ..validation import check_int
 from .base import Schedule
 
 
@@ -31,8 +32,7 @@ class StepwiseNM(Schedule):
             NM(n, self.m)  # validates 0 < N < M
         if any(b >= a for a, b in zip(self.n_stages, self.n_stages[1:])):
             raise ValueError(f"n_stages must decrease (denser to sparser), got {self.n_stages}")
-        if not (isinstance(self.steps_per_stage, int) and self.steps_per_stage >= 1):
-            raise ValueError(f"steps_per_stage must be an int >= 1, got {self.steps_per_stage!r}")
+        self.steps_per_stage = check_int(self.steps_per_stage, "steps_per_stage", 1)
         self.end_step = self.start_step + (len(self.n_stages) - 1) * self.steps_per_stage
         super().__post_init__()
 

@@ -220,3 +220,49 @@ def test_regrowth_needing_what_is_missing_fails_at_construction():
     model2 = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="fixed N:M pattern"):
         SparsityController(discover_targets(model2, layout="2:4"), 0.5, enforcement=PruneRegrow("random", end_step=900))
+
+
+def test_decaying_mask_with_sr_ste_is_a_two_part_regime():
+    from sparsity_core import Regime
+
+    model, lin = one_linear([[1.0, -2.0, 3.0, 0.5]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    regime = Regime(DecayingMask(decay="linear", start_step=0, end_step=4), SRSTE(decay=0.1))
+    ctrl = SparsityController(discover_targets(model, layout="2:4"), 0.5, enforcement=regime, model=model,
+                              optimizers=[opt])
+    ctrl.update(0)
+    ctrl.after_optimizer_step(1)
+    lin(torch.tensor([[1.0, 1.0, 1.0, 1.0]])).sum().backward()
+    ctrl.before_optimizer_step(opt)
+    # β(1) = 0.75 scales the pruned gradients, then λ(1 − m)w is added: 0.75 + 0.1·1, 0.75 + 0.1·0.5
+    assert torch.allclose(lin.weight.grad, torch.tensor([[0.85, 1.0, 1.0, 0.8]]))
+
+
+def test_rigl_on_straight_through_keeps_the_count_and_the_pruned_dense_weights():
+    """A combination no class was written for: regrowth by gradient under STE."""
+    from sparsity_core import Regime, StraightThrough
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    regime = Regime(StraightThrough(), PruneRegrow("gradient", every=2, drop_fraction=0.5, decay="constant"))
+    ctrl = SparsityController(discover_targets(model), 0.5, enforcement=regime, model=model, optimizers=[opt])
+    ctrl.update(0)
+    first = ctrl.masks["0.weight"].clone()
+    train_steps(model, opt, ctrl, 4, (4, 8))
+    mask = ctrl.masks["0.weight"]
+    assert [h["event"] for h in ctrl.history] == ["update", "prune_regrow", "prune_regrow"]
+    assert int(mask.sum()) == int(first.sum()) == 32 and not torch.equal(mask, first)
+    dense = regime.dense["0.weight"]
+    assert (dense[~mask] != 0).any()  # STE: pruned weights keep their values and may return
+    assert torch.equal(model[0].weight.data, dense * mask)
+
+
+def test_a_regime_needs_an_action_and_parts_of_the_right_kind():
+    from sparsity_core import HardMask, Regime
+
+    with pytest.raises(ValueError, match="needs a mask action"):
+        Regime()
+    with pytest.raises(TypeError, match="parts must be RegimePart"):
+        Regime(HardMask(), HardMask())
+    assert isinstance(Regime(SRSTE()).action, __import__("sparsity_core").StraightThrough)

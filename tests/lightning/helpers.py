@@ -1,4 +1,9 @@
-"""A tiny LightningModule on fixed data (no shuffling: runs are reproducible)."""
+"""A tiny LightningModule on fixed data (no shuffling: runs are reproducible), and the
+2-process DDP runner."""
+import os
+import subprocess
+import sys
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -30,6 +35,14 @@ def loader(n=32, batch_size=8, seed=0):
     x = torch.randn(n, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def run_ddp_worker(script, out_dir):
+    """Run ``script`` (a 2-process gloo DDP fit that writes ``rank<r>.pt``) and load both files."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    proc = subprocess.run([sys.executable, script, str(out_dir)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
 
 
 def trainer(**kwargs):

@@ -1,15 +1,13 @@
 """A toy plugin written against the program protocol prunes a parameter-free target,
 resumes bit-identically and keeps the ranks identical under 2-process DDP."""
 import os
-import subprocess
-import sys
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from sparsity_core import Linear, SparsityCallback
 
-from .helpers import TinyModule, loader, trainer
+from .helpers import TinyModule, loader, run_ddp_worker, trainer
 from .toy_plugin import FeatureMask
 
 WORKER = os.path.join(os.path.dirname(__file__), "toy_plugin_ddp.py")
@@ -52,11 +50,7 @@ def test_toy_plugin_resumes_bit_identically(tmp_path):
 
 
 def test_toy_plugin_ranks_hold_identical_masks_under_ddp(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    proc = subprocess.run([sys.executable, WORKER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = run_ddp_worker(WORKER, tmp_path)
     assert not torch.equal(r0["first_usage"], r1["first_usage"])  # each rank measured other batches ...
     assert torch.equal(r0["masks"]["fc.inputs"], r1["masks"]["fc.inputs"])  # ... and holds the same mask
     assert int(r0["masks"]["fc.inputs"].sum()) == 72

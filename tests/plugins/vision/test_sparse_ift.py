@@ -146,7 +146,7 @@ def test_bad_sparsity(bad):
 
 def test_bad_widths_and_shapes():
     for width in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="positive int"):
+        with pytest.raises(ValueError, match="must be an int >= 1"):
             widen_width(width, 0.5)
     with pytest.raises(ValueError, match="multiple_of"):
         widen_width(16, 0.5, multiple_of=0)
@@ -154,13 +154,13 @@ def test_bad_widths_and_shapes():
         sparse_wide_mlp([], 0.5)
     with pytest.raises(ValueError, match="at least"):
         sparse_wide_mlp([8], 0.5)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
         sparse_wide_mlp([8, 0, 4], 0.5)
     with pytest.raises(ValueError, match="at least"):
         sparse_wide_widths([3], 0.5)
     with pytest.raises(ValueError, match="non-empty"):
         iso_flop_sparsity((), (4,))
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
         iso_flop_sparsity((4, 0), (4, 4))
     with pytest.raises(ValueError, match="fewer weights"):
         iso_flop_sparsity((8, 8), (4, 8))
