@@ -30,10 +30,11 @@ from .criteria.base import Criterion, ScoreContext
 from .enforcement.base import Enforcement
 from .enforcement.regime import RegimePart, build_enforcement
 from .masks import MaskSet
+from .ranks import log_rank_zero
 from .registry import ALLOCATORS, CRITERIA
-from .selection import build_component, score_targets, select_masks
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
+from .selection import build_component, score_targets, select_masks
 from .sync import LocalSync
 from .targets import Target
 from .validation import check_int
@@ -279,7 +280,7 @@ class SparsityController:
         if only_if_changed and entry.get("changed", 1.0) == 0.0:
             return
         self.history.append(entry)
-        log.debug("step %d: masks %s, sparsity %.4f", step, event, entry["sparsity"])
+        log_rank_zero(log, logging.DEBUG, "step %d: masks %s, sparsity %.4f", step, event, entry["sparsity"])
 
     @property
     def sync_world_size(self) -> int:

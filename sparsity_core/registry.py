@@ -20,6 +20,8 @@ import logging
 from importlib import metadata
 from typing import Any, Callable, Dict, Generic, Iterator, List, TypeVar
 
+from .ranks import log_rank_zero
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "sparsity_suite.plugins"
@@ -56,7 +58,7 @@ def load_plugins(force: bool = False) -> List[str]:
                 obj()
             loaded.append(ep.name)
         except Exception as err:  # noqa: BLE001 - a broken plugin must not break the core
-            log.warning("sparsity-suite plugin %r could not be loaded: %s", ep.name, err)
+            log_rank_zero(log, logging.WARNING, "sparsity-suite plugin %r could not be loaded: %s", ep.name, err)
     return loaded
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparsity_core.ranks import log_rank_zero
 from sparsity_core.sync import LocalSync
 
 from ._deps import torch_geometric
@@ -237,7 +238,7 @@ class GTSPController:
         changed = new != self.plan
         self.apply_plan(new)
         self.history.append({"step": step, "target": target, "flops_removed": self.flops_removed()})
-        log.debug("GTSP step %d: target %.3f, plan %s", step, target, new)
+        log_rank_zero(log, logging.DEBUG, "GTSP step %d: target %.3f, plan %s", step, target, new)
         return changed
 
     def apply_plan(self, plan: GTSPPlan) -> None:

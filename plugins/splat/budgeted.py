@@ -47,6 +47,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
+from sparsity_core.ranks import log_rank_zero
 from sparsity_core.schedules.growth import GrowthToBudget
 from sparsity_core.validation import check_int, check_positive, check_range
 
@@ -176,7 +177,7 @@ class BudgetedStrategy(Strategy):
             n_pruned = self._prune(params, optimizers, state, step)
             n_dupli, n_split = self._grow(params, optimizers, state, step)
             if self.verbose:
-                log.info("step %d: pruned %d, cloned %d, split %d; %d of %d Gaussians", step, n_pruned, n_dupli,
+                log_rank_zero(log, logging.INFO, "step %d: pruned %d, cloned %d, split %d; %d of %d Gaussians", step, n_pruned, n_dupli,
                          n_split, len(params["means"]), self.budget)
             for key in ("grad2d", "count", "hits", "blend", "loss_hits", "depth_inv"):
                 if state[key] is not None:

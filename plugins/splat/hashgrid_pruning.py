@@ -42,6 +42,7 @@ from sparsity_core.criteria.base import AccumulatingCriterion, ScoreContext
 from sparsity_core.layouts import Rows
 from sparsity_core.mask_program import MaskProgram, ScheduleSpec
 from sparsity_core.program import Host
+from sparsity_core.ranks import log_rank_zero
 from sparsity_core.registry import CRITERIA, PROGRAMS
 from sparsity_core.schedules.base import Schedule
 from sparsity_core.schedules.function import as_schedule
@@ -213,7 +214,7 @@ class HashGridPruning(MaskProgram):
         self.result = {**storage, "hash_sparsity_target": self.schedule.value(ctrl.step),
                        "saliency_mass": float(enc.saliency.mass().detach()), "saliency_capacity": self.admm.capacity(
                            enc.saliency, max(ctrl.step, 0))}
-        log.info("hash grid: kept %d of %d entries (%.1f%%), %d index bytes", storage["entries_kept"],
+        log_rank_zero(log, logging.INFO, "hash grid: kept %d of %d entries (%.1f%%), %d index bytes", storage["entries_kept"],
                  storage["entries"], 100 * storage["kept_fraction"], storage["index_bytes"])
         return self.result
 

@@ -48,7 +48,7 @@ CRITERIA.register("group_l2", lambda: Magnitude(p=2, normalize=True))
 class BNScale(Criterion):
     def score(self, target: Target, context: ScoreContext) -> torch.Tensor:
         g = _group(target, self)
-        scales = [s for s in g.slices if s.norm_scale]
+        scales = [s for s in g.slices if s.tag == "norm_scale"]
         if not scales:
             raise ValueError(f"bn_scale: group {g.name!r} has no BatchNorm; use group_l2 or taylor")
         return g.per_unit(lambda t, s: t.abs(), scales).float()

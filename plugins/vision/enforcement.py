@@ -206,7 +206,7 @@ class MaskSparsity(GroupMask):
     def before_optimizer_step(self, ctrl, optimizer) -> None:
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for t in _groups(ctrl):
-            scales = [s for s in t.slices if s.norm_scale]
+            scales = [s for s in t.slices if s.tag == "norm_scale"]
             for s in scales or [s for s in t.slices if s.is_param]:
                 tensor = self._tensors[s.tensor]
                 if tensor.grad is None or id(tensor) not in owned:

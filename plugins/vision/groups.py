@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sparsity_core.discovery import classifier_heads
-from sparsity_core.targets import Target
+from sparsity_core.targets import SliceTarget, TensorSlice
 
 from ._deps import torch_pruning
 from .tracing import measure_macs, trace_dependencies
@@ -36,29 +36,15 @@ EMBED_PARAMS = re.compile(r"(^|\.)(pos_embed|cls_token|reg_token|dist_token)$")
 
 
 @dataclass(eq=False)
-class TensorSlice:
-    """Positions ``index`` along ``dim`` of the tensor named ``tensor`` (a parameter or a
-    buffer of the model); ``unit[i]`` is the unit that owns position ``index[i]``."""
+class ChannelGroup(SliceTarget):
+    """The core's sliced target whose units are coupled channels (or heads) spread over many
+    tensors, with what removal needs to know about the group's root."""
 
-    tensor: str
-    dim: int
-    index: torch.Tensor
-    unit: torch.Tensor
-    is_param: bool = True
-    norm_scale: bool = False  # the scale (gamma) of a BatchNorm
-
-
-@dataclass(eq=False)
-class ChannelGroup(Target):
-    """A target whose units are coupled channels (or heads) spread over many tensors."""
-
-    slices: Tuple[TensorSlice, ...] = ()
     root_module: str = ""
     root_out: bool = True
     unit_size: int = 1
     kind: str = "channel"
     norms: Tuple[Tuple[str, int], ...] = ()  # (LayerNorm-like module, its channel dim)
-    tensors: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # shared name -> tensor
     root_units: Optional[torch.Tensor] = field(default=None, repr=False)  # root channel -> its unit
 
     def root_channels(self, mask: torch.Tensor, kept: bool) -> List[int]:
@@ -66,35 +52,6 @@ class ChannelGroup(Target):
         sel = mask.cpu()[self.root_units]
         return torch.nonzero(sel if kept else ~sel).flatten().tolist()
 
-    def tensor(self, slc: TensorSlice) -> torch.Tensor:
-        return self.tensors[slc.tensor]
-
-    def per_unit(self, values, slices: Optional[Sequence[TensorSlice]] = None) -> torch.Tensor:
-        """``Σ`` over a unit's entries of ``values(tensor, slice)`` (an element-wise tensor
-        shaped like the slice's tensor), for ``slices`` (default: all parameter slices)."""
-        return self._sum_slices(values, slices)[0]
-
-    def _sum_slices(self, values, slices: Optional[Sequence[TensorSlice]] = None) -> Tuple[torch.Tensor, bool]:
-        out, seen = torch.zeros(self.num_units, dtype=torch.float64), False
-        for s in (slices if slices is not None else [s for s in self.slices if s.is_param]):
-            v = values(self.tensor(s), s)
-            if v is None:
-                continue
-            seen = True
-            per_pos = v.detach().double().movedim(s.dim, 0).reshape(v.shape[s.dim], -1).sum(1).cpu()
-            out.index_add_(0, s.unit, per_pos[s.index])
-        return out, seen
-
-    def unit_reduce(self, values, context) -> Optional[torch.Tensor]:
-        """Core criteria read a group through this: ``Σ`` over every parameter entry a unit
-        owns, in every tensor of the group, of ``values(w, grad)``; ``None`` when ``values``
-        skipped every tensor (a gradient statistic before any gradient)."""
-        out, seen = self._sum_slices(lambda t, s: values(t.detach(), None if t.grad is None else t.grad.detach()))
-        return out if seen else None
-
-    def unit_positions(self, slc: TensorSlice, mask: torch.Tensor) -> torch.Tensor:
-        """Positions of ``slc`` whose unit is pruned by ``mask``."""
-        return slc.index[~mask.to(slc.unit.device)[slc.unit]]
 
 
 def _norm_channel_dim(module: nn.Module) -> int:
@@ -166,7 +123,7 @@ def _slices_of_item(dg, dep, idxs, root_idxs, unit_of_root: torch.Tensor, names:
     elif kind in (T.BN, T.IN):
         found = [sl("weight", 0), sl("bias", 0)]
         if found[0] is not None and kind == T.BN:
-            found[0].norm_scale = True
+            found[0].tag = "norm_scale"
     elif kind == T.LN:
         found = [sl("weight", -1), sl("bias", -1)]
         norms.append((names[module], _norm_channel_dim(module)))

@@ -43,7 +43,6 @@ import torch
 from torch import nn
 
 from sparsity_core.allocators.base import Allocator
-from sparsity_core.allocators.budget import Budget
 from sparsity_core.registry import ALLOCATORS
 from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_sparsity
@@ -304,17 +303,11 @@ class IsoFlopAllocator(Allocator):
             f"known: {sorted(self.sparsities)[:10]}"
         )
 
-    def allocate(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], budget: Budget) -> Dict[str, int]:
-        """Kept units per target name; ``budget`` is not used (see the class docstring)."""
-        fixed = {t.name: t.layout.fixed_keep(t.shape) for t in targets if t.layout.fixed_keep(t.shape) is not None}
+    follows_budget = False  # the per-layer sparsities already fix the FLOPs
+
+    def check_targets(self, targets: Sequence[Target]) -> None:
         for t in targets:  # every target needs an entry, fixed-layout ones included
             self.sparsity_of(t)
-        free = [t for t in targets if t.name not in fixed]
-        floors = {t.name: self.floor(t) for t in free}
-        keep = self.distribute(free, scores, 0.0, budget.measure, floors) if free else {}
-        keep = {t.name: self._round(keep[t.name], floors[t.name], t.num_units) for t in free}
-        keep.update(fixed)
-        return keep
 
     def distribute(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], keep_cost: float,
                    measure: str, floors: Mapping[str, int]) -> Dict[str, int]:

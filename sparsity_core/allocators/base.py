@@ -29,24 +29,38 @@ class Allocator:
         self.round_to = round_to
 
     # -- the public entry point -------------------------------------------------------
+    #: whether the budget decides the kept counts (an allocator with per-target sparsities of
+    #: its own, like Sparse-IFT's, sets this to False: the budget is then not checked)
+    follows_budget: bool = True
+
     def allocate(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], budget: Budget) -> Dict[str, int]:
         """Kept units per target name."""
+        self.check_targets(targets)
         fixed = {t.name: t.layout.fixed_keep(t.shape) for t in targets if t.layout.fixed_keep(t.shape) is not None}
         free = [t for t in targets if t.name not in fixed]
-        total = sum(unit_cost(t, budget.measure) * t.num_units for t in targets)
-        keep_cost = budget.keep_cost(total)
-        keep_cost -= sum(unit_cost(t, budget.measure) * fixed[t.name] for t in targets if t.name in fixed)
+        keep_cost = 0.0
         floors = {t.name: self.floor(t) for t in free}
-        floor_cost = sum(unit_cost(t, budget.measure) * floors[t.name] for t in free)
-        if floor_cost > keep_cost + 1e-6 * max(1.0, keep_cost):
-            raise ValueError(
-                f"infeasible budget: the per-target floors keep {floor_cost:.6g} {budget.measure} but the "
-                f"budget allows {max(keep_cost, 0):.6g}; lower min_keep_fraction/min_keep_units or the sparsity"
-            )
+        if self.follows_budget:
+            total = sum(unit_cost(t, budget.measure) * t.num_units for t in targets)
+            keep_cost = budget.keep_cost(total)
+            keep_cost -= sum(unit_cost(t, budget.measure) * fixed[t.name] for t in targets if t.name in fixed)
+            self._check_floors(free, floors, keep_cost, budget.measure)
         keep = self.distribute(free, scores, keep_cost, budget.measure, floors) if free else {}
         keep = {t.name: self._round(keep[t.name], floors[t.name], t.num_units) for t in free}
         keep.update(fixed)
         return keep
+
+    def check_targets(self, targets: Sequence[Target]) -> None:
+        """Raise ``ValueError`` for targets this allocator cannot handle (default: none)."""
+
+    @staticmethod
+    def _check_floors(free: Sequence[Target], floors: Mapping[str, int], keep_cost: float, measure: str) -> None:
+        floor_cost = sum(unit_cost(t, measure) * floors[t.name] for t in free)
+        if floor_cost > keep_cost + 1e-6 * max(1.0, keep_cost):
+            raise ValueError(
+                f"infeasible budget: the per-target floors keep {floor_cost:.6g} {measure} but the "
+                f"budget allows {max(keep_cost, 0):.6g}; lower min_keep_fraction/min_keep_units or the sparsity"
+            )
 
     def floor(self, target: Target) -> int:
         n = target.num_units

@@ -17,6 +17,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 
 from ..cost import CostModel
+from ..ranks import log_rank_zero
 from ..targets import Target
 from ..validation import check_int
 from .base import Allocator
@@ -52,7 +53,7 @@ class BudgetSearch(Allocator):
             try:
                 return self.keep_at(targets, scores, budget.sparsity)
             except ValueError:  # the floors alone exceed the budget
-                log.warning("a budget of %.1f%% sparsity removes whole targets; every target keeps its floor",
+                log_rank_zero(log, logging.WARNING, "a budget of %.1f%% sparsity removes whole targets; every target keeps its floor",
                             100 * budget.sparsity)
                 return self.floors(targets)
         limit = (1.0 - budget.sparsity) * self.cost_model.dense[measure]
@@ -73,7 +74,7 @@ class BudgetSearch(Allocator):
                 lo = mid
         got = self.cost_model.kept_fraction(keep, measure)
         if got > (1.0 - budget.sparsity) * (1 + 1e-3):
-            log.warning("keeping %.1f%% of the %s needs more than the per-target floors allow; %.1f%% kept",
+            log_rank_zero(log, logging.WARNING, "keeping %.1f%% of the %s needs more than the per-target floors allow; %.1f%% kept",
                         100 * (1 - budget.sparsity), measure, 100 * got)
         return keep
 

@@ -30,9 +30,7 @@ OBSERVES = ("never", "step", "forward", "calibration")
 
 
 def _param_weight(target: Target) -> torch.Tensor:
-    if target.param is None:
-        raise ValueError(f"target {target.name!r} has no parameter: this criterion needs weights")
-    return target.param.detach()
+    return target.read()
 
 
 @dataclass

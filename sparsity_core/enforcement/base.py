@@ -88,9 +88,8 @@ class Enforcement:
         """Called after state is loaded: move state to the parameters' devices."""
 
     def dense_weight(self, target: Target) -> torch.Tensor:
-        if target.param is None:
-            raise ValueError(f"target {target.name!r} has no weights to score")
-        return target.param.detach()
+        """The values criteria score: the parameter (or computed tensor) itself by default."""
+        return target.read()
 
     def state_dict(self) -> Dict[str, object]:
         return {}
