@@ -30,6 +30,7 @@ from .criteria.base import Criterion, ScoreContext
 from .enforcement.base import Enforcement
 from .enforcement.regime import RegimePart, build_enforcement
 from .masks import MaskSet
+from .observe import ActivationObserver
 from .ranks import log_rank_zero
 from .registry import ALLOCATORS, CRITERIA
 from .schedules.base import Schedule
@@ -240,6 +241,8 @@ class SparsityController:
         rewinding = self.snapshot is not None and sparsity > self.current_sparsity
         self.replace_masks(new, step, target_sparsity=sparsity, rewind=rewinding)
         self.criterion.reset()
+        if isinstance(self.activations, ActivationObserver):  # statistics since the last update
+            self.activations.reset()
         self.last_update_step = step
         self.current_sparsity = sparsity
 

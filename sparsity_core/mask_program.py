@@ -15,16 +15,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from .allocators.base import Allocator
 from .allocators.budget import MEASURES
 from .controller import SparsityController
-from .selection import build_component
 from .criteria.base import Criterion
 from .discovery import Patterns, as_patterns, discover_targets
 from .enforcement.base import Enforcement
 from .enforcement.regime import RegimePart, build_enforcement
 from .layouts import UnitLayout, parse_layout
-from .program import Host, Program
+from .observe import ActivationObserver
+from .program import Host, Program, attached
 from .registry import ALLOCATORS, CRITERIA, PROGRAMS
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
+from .selection import build_component
 from .targets import Target
 from .validation import check_int
 
@@ -86,6 +87,10 @@ class MaskProgram(Program):
         self.controller = SparsityController(
             targets, schedule=self.schedule, criterion=self.criterion, allocator=self.make_allocator(targets),
             enforcement=self.enforcement, update_every=self.update_every, measure=self.measure, model=host.model)
+        if self.criterion.uses_activations:  # e.g. wanda while training: observe the training forwards
+            observer = ActivationObserver(host.model, targets)
+            observer.install()
+            self.controller.activations = observer
         self.host = host
 
     def bind(self, host: Host) -> None:
@@ -159,21 +164,33 @@ class MaskProgram(Program):
         return self.controller is not None and self.controller.finalized
 
     def detach(self) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer.remove()
         self.controller = None
         self.host = None
 
+    @property
+    def observer(self) -> Optional[ActivationObserver]:
+        """The observer of training forwards (criteria that read activations), or ``None``."""
+        acts = None if self.controller is None else self.controller.activations
+        return acts if isinstance(acts, ActivationObserver) else None
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"controller": self.require().state_dict()}
+        state: Dict[str, Any] = {"controller": self.require().state_dict()}
+        if self.observer is not None:
+            state["activations"] = self.observer.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if "controller" not in state:
-            raise ValueError(f"not a {type(self).__name__} state: keys {sorted(state)}")
+        if "controller" not in state or (self.observer is not None) != ("activations" in state):
+            raise ValueError(f"not a {type(self).__name__} state for this configuration: keys {sorted(state)}")
         self.require().load_state_dict(state["controller"])
+        if self.observer is not None:
+            self.observer.load_state_dict(state["activations"])
 
     def require(self) -> SparsityController:
-        if self.controller is None:
-            raise RuntimeError(f"{type(self).__name__} is not attached: it runs inside Trainer.fit (or call attach)")
-        return self.controller
+        return attached(self.controller, type(self).__name__)
 
     @property
     def masks(self):

@@ -134,8 +134,10 @@ class ActivationObserver(Mapping):
         return sum(1 for _ in self)
 
     # -- hooks ---------------------------------------------------------------------------
-    def _hook(self, name: str) -> Callable:
+    def _hook(self, name: str, training_only: bool = False) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if training_only and not module.training:
+                return
             x = _first_tensor(args, kwargs)
             if x is None or not x.is_floating_point():
                 raise ValueError(f"cannot observe module {name!r}: its input is not a floating-point tensor")
@@ -161,6 +163,18 @@ class ActivationObserver(Mapping):
         finally:
             for h in handles:
                 h.remove()
+
+    def install(self) -> None:
+        """Observe the inputs of every training forward from now on (until :meth:`remove`):
+        a program scoring with activations during training (``wanda`` inside ``fit``)."""
+        self.remove()
+        self._installed = [self.modules[name].register_forward_pre_hook(self._hook(name, training_only=True),
+                                                                         with_kwargs=True) for name in self.modules]
+
+    def remove(self) -> None:
+        for h in getattr(self, "_installed", []):
+            h.remove()
+        self._installed = []
 
     # -- running batches -----------------------------------------------------------------
     @contextlib.contextmanager

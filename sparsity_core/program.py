@@ -36,7 +36,7 @@ through the same ``after_optimizer_step(step)`` call (no optimizer needed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -129,6 +129,16 @@ class Program(NoState):
     def detach(self) -> None:
         """Undo :meth:`attach` (the host's set-up failed elsewhere)."""
 
+
+
+T = TypeVar("T")
+
+
+def attached(value: Optional[T], program: str) -> T:
+    """``value`` (what ``attach`` built), or a clear error when the program is not attached."""
+    if value is None:
+        raise RuntimeError(f"{program} is not attached: it runs inside Trainer.fit (or call attach(host))")
+    return value
 
 
 def build_program(spec: Any) -> Program:

@@ -27,7 +27,7 @@ from torch import nn
 
 from sparsity_core.discovery import Patterns, as_patterns
 from sparsity_core.mask_program import ScheduleSpec, WeightSparsity
-from sparsity_core.program import Host, Program
+from sparsity_core.program import Host, Program, attached
 from sparsity_core.registry import PROGRAMS
 from sparsity_core.schedules.base import Schedule
 
@@ -175,9 +175,7 @@ class GTSP(Program):
             self.weights.load_state_dict(state["weights"])
 
     def require(self) -> GTSPController:
-        if self.controller is None:
-            raise RuntimeError("GTSP is not attached: it runs inside Trainer.fit (or call attach)")
-        return self.controller
+        return attached(self.controller, "GTSP")
 
     def __repr__(self) -> str:
         return (f"GTSP(config={self.config!r}, weights={self.weight_program.schedule!r}, "

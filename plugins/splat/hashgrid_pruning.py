@@ -41,7 +41,7 @@ from sparsity_core.allocators.global_rank import GlobalRank
 from sparsity_core.criteria.base import AccumulatingCriterion, ScoreContext
 from sparsity_core.layouts import Rows
 from sparsity_core.mask_program import MaskProgram, ScheduleSpec
-from sparsity_core.program import Host
+from sparsity_core.program import Host, attached
 from sparsity_core.ranks import log_rank_zero
 from sparsity_core.registry import CRITERIA, PROGRAMS
 from sparsity_core.schedules.base import Schedule
@@ -233,9 +233,7 @@ class HashGridPruning(MaskProgram):
         self.admm_state = admm
 
     def _enc(self) -> HashEncoding:
-        if self.encoding is None:
-            raise RuntimeError("HashGridPruning is not attached: it runs inside Trainer.fit")
-        return self.encoding
+        return attached(self.encoding, "HashGridPruning")
 
     def __repr__(self) -> str:
         return (f"HashGridPruning(schedule={self.schedule!r}, admm={self.admm!r}, allocator={self.allocator!r}, "

@@ -73,6 +73,9 @@ class Criterion(NoState):
 
     observes: str = "never"
     needs_gradients = _NeedsGradients()
+    #: scores read input statistics (``context.input_stats``): a program training with this
+    #: criterion observes the inputs of training forwards for it
+    uses_activations: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -44,6 +44,7 @@ def input_scale(target: Target, weight: torch.Tensor, norms: torch.Tensor) -> to
 @CRITERIA.register("wanda")
 class Wanda(Criterion):
     observes = "calibration"
+    uses_activations = True
 
     def __init__(self, normalize: bool = False) -> None:
         if not isinstance(normalize, bool):
@@ -55,7 +56,8 @@ class Wanda(Criterion):
         if stats is None or not stats.rows:
             raise ValueError(
                 f"wanda needs calibration input statistics for target {target.name!r}, and there are none: "
-                "use one_shot(..., criterion='wanda', batches=...) or pass "
+                "use one_shot_prune(..., criterion='wanda', batches=...), train with it (the program "
+                "observes the training forwards) or pass "
                 "ScoreContext(activations=observe(model, targets, batches))"
             )
         weight = context.weight(target)

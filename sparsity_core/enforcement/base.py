@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, Optional
 import torch
 
 from ..masks import MaskSet
+from ..registry import ENFORCEMENTS
 from ..targets import Target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,8 +45,15 @@ def weight_targets(ctrl: "SparsityController", optimizer: Optional[torch.optim.O
         yield t
 
 
+@ENFORCEMENTS.register("masks")
 class Enforcement:
-    name = "base"
+    """The base class, and as ``"masks"`` the enforcement that computes and keeps masks without
+    touching any tensor: the program applies them itself (a hook masking a layer's inputs, an
+    edge mask in message passing)."""
+
+    name = "masks"
+    #: the enforcement writes into the targets' parameters, so every target needs one
+    needs_parameters = False
 
     def __init__(self) -> None:
         self._factors: Dict[str, tuple] = {}
@@ -67,6 +75,12 @@ class Enforcement:
     def attach(self, ctrl: "SparsityController") -> None:
         """Called once by the controller's constructor: validate the configuration against
         the targets (raise ``ValueError`` before anything changes) and set up hooks."""
+        if self.needs_parameters:
+            bare = [t.name for t in ctrl.targets if t.param is None]
+            if bare:
+                raise ValueError(
+                    f"{type(self).__name__} masks parameters, but {bare[:5]} have none; use enforcement='masks' "
+                    "and apply the masks where the units are used (or an enforcement of the plugin)")
 
     def apply_masks(self, ctrl: "SparsityController", previous: Optional[MaskSet]) -> None:
         pass

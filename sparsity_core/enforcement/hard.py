@@ -18,6 +18,7 @@ from .base import Enforcement, weight_targets
 @ENFORCEMENTS.register("hard")
 class HardMask(Enforcement):
     name = "hard"
+    needs_parameters = True
 
     @torch.no_grad()
     def apply_masks(self, ctrl, previous: Optional[MaskSet]) -> None:

@@ -23,6 +23,7 @@ from .base import Enforcement, weight_targets
 @ENFORCEMENTS.register("soft_shrink")
 class SoftShrink(Enforcement):
     name = "soft_shrink"
+    needs_parameters = True
 
     def __init__(self, shrink: float = 0.1) -> None:
         super().__init__()

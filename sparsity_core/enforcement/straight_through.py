@@ -26,6 +26,7 @@ from .base import Enforcement, weight_targets
 @ENFORCEMENTS.register("ste")
 class StraightThrough(Enforcement):
     name = "ste"
+    needs_parameters = True
 
     def __init__(self) -> None:
         super().__init__()

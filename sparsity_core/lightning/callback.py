@@ -46,7 +46,14 @@ from ..enforcement.base import Enforcement
 from ..enforcement.regime import RegimePart
 from ..layouts import UnitLayout
 from ..mask_program import MaskProgram, WeightSparsity
-from ..program import Host, Program, build_program, check_disjoint, check_program_names, missing_from_optimizers
+from ..program import (
+    Host,
+    Program,
+    build_program,
+    check_disjoint,
+    check_program_names,
+    missing_from_optimizers,
+)
 from ..schedules.base import Schedule
 from .sync import StrategySync
 

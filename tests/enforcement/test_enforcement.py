@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch import nn
 
-from sparsity_core import SparsityController, discover_targets
+from sparsity_core import SparsityController, Target, discover_targets
 from sparsity_core.enforcement import HardMask, StraightThrough
 
 from ..loops import train_steps
@@ -111,3 +112,18 @@ def test_projected_l0_steps_densely_then_projects_onto_the_l0_ball():
     ctrl.after_optimizer_step(1)
     assert lin.weight.tolist() == [[0.0, 0.0, 0.0, -4.0], [9.0, 6.0, -7.0, 0.0]]
     assert ctrl.masks["0.weight"].tolist() == [[False, False, False, True], [True, True, True, False]]
+
+
+def test_weight_enforcements_refuse_targets_without_a_parameter_and_masks_acts_on_nothing():
+    edges = Target(name="edges", shape=(6,))
+    with pytest.raises(ValueError, match=r"HardMask masks parameters, but \['edges'\] have none"):
+        SparsityController([edges], 0.5)
+    with pytest.raises(ValueError, match="use enforcement='masks'"):
+        SparsityController([edges], 0.5, enforcement="ste")
+    lin = torch.nn.Linear(3, 2)
+    before = lin.weight.detach().clone()
+    ctrl = SparsityController([edges, Target(name="w", param=lin.weight)], 0.5, criterion="random",
+                              enforcement="masks")
+    ctrl.update(0)
+    assert ctrl.masks.kept("edges") + ctrl.masks.kept("w") == 6  # one global budget over both
+    assert torch.equal(lin.weight, before)  # the masks were computed, nothing was zeroed

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from sparsity_core import Criterion, Cubic, Program, SparsityCallback, SparsityController, Target
+from sparsity_core import Constant, Criterion, Cubic, Program, SparsityCallback, SparsityController, Target
 
 from .helpers import TinyModule, loader, trainer
 
@@ -185,3 +185,31 @@ def test_plugin_programs_register_through_the_entry_point_group():
 
     load_plugins(force=True)
     assert {"weights", "channels", "ugs", "gtsp", "hashgrid"} <= set(PROGRAMS.names())
+
+
+def test_wanda_while_training_scores_with_the_training_forwards_inputs():
+    """The program observes the inputs of training forwards for a criterion that reads them;
+    the statistics restart after every update and travel in the checkpoint state."""
+    inputs = []
+    cb = SparsityCallback(Constant(sparsity=0.5, start_step=1), criterion="wanda", include="fc", enforcement="ste")
+    torch.manual_seed(0)
+    model = TinyModule()
+    model.fc.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()) if m.training else None)
+    t = trainer(max_steps=1, callbacks=[cb])
+    t.fit(model, loader())
+    ctrl = cb.controller
+    dense = cb.weights.enforcement.dense["fc.weight"]
+    scores = dense.abs().double() * inputs[0].double().pow(2).sum(0).sqrt()
+    expected = torch.zeros(scores.numel(), dtype=torch.bool)
+    expected[scores.flatten().topk(scores.numel() // 2).indices] = True
+    assert torch.equal(ctrl.masks["fc.weight"].flatten(), expected)
+    assert len(ctrl.activations) == 0  # reset after the update
+    assert "activations" in cb.state_dict()["programs"]["weights"]
+    observer = cb.weights.observer
+    model.train()
+    model(torch.zeros(1, 1, 8, 8))
+    assert len(observer) == 1  # a training forward is observed ...
+    observer.reset()
+    cb.weights.detach()
+    model(torch.zeros(1, 1, 8, 8))
+    assert len(observer) == 0 and len(inputs) == 3  # ... until the program detaches its hooks

@@ -33,7 +33,8 @@ class FeatureMask(MaskProgram):
     name = "features"
 
     def __init__(self, schedule, module: str, update_every: int = 2) -> None:
-        super().__init__(schedule=schedule, criterion=InputUsage(), allocator="global", update_every=update_every)
+        super().__init__(schedule=schedule, criterion=InputUsage(), allocator="global", enforcement="masks",
+                         update_every=update_every)
         self.module = module
         self.handle = None
 
