@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, List, Sequence, Set, Union
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .layouts import UnitLayout, parse_layout
+from .macs import count_macs
 from .targets import Target
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -143,45 +143,13 @@ def discover_targets(
 
 
 def attach_macs(model: nn.Module, targets: Iterable[Target], example_input: Any) -> None:
-    """Set ``macs_per_unit`` of weight targets from one forward pass.
-
-    Each weight entry of a Linear/Conv costs one MAC per output position per sample:
-    ``H_out·W_out`` for convolutions, the number of tokens for linear layers. Modules of
-    other types are left at 0 (unknown).
-    """
+    """Set ``macs_per_unit`` of weight targets from one forward pass (the core's
+    :func:`~sparsity_core.macs.count_macs`): a Linear/Conv weight entry costs one MAC per
+    output position per sample, so a unit costs ``module MACs · params_per_unit / numel``.
+    Modules of other types are left at 0 (unknown)."""
     targets = [t for t in targets if t.param is not None]
-    modules = dict(model.named_modules())
-    uses: dict = {}
-    handles = []
-
-    def hook_for(name: str, module: nn.Module):
-        def hook(mod, inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(out, torch.Tensor) or out.dim() == 0:
-                return
-            batch = out.shape[0] if out.dim() > 1 else 1
-            if isinstance(mod, nn.modules.conv._ConvNd):
-                positions = out[0, 0].numel() if out.dim() > 2 else 1
-            elif isinstance(mod, nn.Linear):
-                positions = out.numel() // (batch * out.shape[-1]) if out.dim() > 1 else 1
-            else:
-                return
-            uses[name] = uses.get(name, 0) + positions
-        return hook
-
+    wanted = {t.module_name for t in targets}
+    names = {id(m): n for n, m in model.named_modules() if n in wanted}
+    macs = count_macs(model, example_input, select=lambda m: id(m) in names)
     for t in targets:
-        mod = modules.get(t.module_name)
-        if mod is not None and t.module_name not in uses:
-            handles.append(mod.register_forward_hook(hook_for(t.module_name, mod)))
-            uses.setdefault(t.module_name, 0)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example_input) if isinstance(example_input, tuple) else model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    for t in targets:
-        t.macs_per_unit = float(t.params_per_unit) * uses.get(t.module_name, 0)
+        t.macs_per_unit = macs.get(t.module_name, 0.0) * float(t.params_per_unit) / t.param.numel()

@@ -43,7 +43,7 @@ from .gtsp_attention import PrunedAttention, check_supported
 from .gtsp_config import GTSPConfig
 from .gtsp_flops import FlopsCounter, LayerCost, count_flops, gps_parts
 from .gtsp_gates import GTSPLayer, HeadGate, PrunedGPSLayer, SkipLayer
-from .gtsp_plan import GTSPPlan, allocate, total_flops
+from .gtsp_plan import GTSPPlan, PlanCost, allocate
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,8 @@ class GTSPController:
         """Fraction of the dense FLOPs the plan removes, by the analytic cost model."""
         costs, other = self._costs_now()
         plan = plan or self.plan
-        scorer = "tokens" in self.config.kinds
-        dense = total_flops(costs, GTSPPlan.dense([len(h) for h in plan.head_keep]), other, False)
-        return 1.0 - total_flops(costs, plan, other, scorer) / dense
+        dense = PlanCost(costs, other, scorer=False).dense["flops"]
+        return 1.0 - PlanCost(costs, other, scorer="tokens" in self.config.kinds).flops(plan) / dense
 
     def summary(self) -> Dict[str, float]:
         p = self.plan

@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from sparsity_core.macs import MacCounter
+
 from ._deps import torch_geometric
 
 PARTS = ("attention", "local", "mlp", "scorer", "other")
@@ -90,70 +92,64 @@ class FlopsReport:
         self.by_part[part] = self.by_part.get(part, 0.0) + flops
 
 
-class FlopsCounter:
-    """Forward hooks on ``nn.Linear``, ``MessagePassing`` and ``nn.MultiheadAttention``
-    modules of ``model`` (optionally only those accepted by ``select``) that add their
-    executed FLOPs to :attr:`report`. Use as a context manager or with start/stop."""
+class FlopsCounter(MacCounter):
+    """The suite's MAC counter (:class:`~sparsity_core.macs.MacCounter`) extended to graph
+    transformers and reported in FLOPs: linear maps (2 × their MACs, from the core), PyG
+    ``MessagePassing`` (one add per message element) and ``nn.MultiheadAttention`` (its
+    projections and both matrix products) of ``model`` (only those accepted by ``select``),
+    added to :attr:`report` per part. Use as a context manager or with start/stop."""
 
     def __init__(self, model: nn.Module, parts: Optional[Dict[int, str]] = None, select=None) -> None:
-        self.model = model
+        super().__init__(model, select)
         self.parts = gps_parts(model) if parts is None else parts
-        self.select = select
         self.report = FlopsReport()
         self.calls: List[tuple] = []  # (module kind, rows or edges, flops) for cost models
-        self._handles: list = []
 
     def _part(self, m: nn.Module) -> str:
         return self.parts.get(id(m), "other")
 
-    def _linear(self, m: nn.Linear, args, out) -> None:
-        rows = args[0].numel() // m.in_features
-        flops = 2.0 * rows * m.in_features * m.out_features
-        self.report.add(self._part(m), flops, flops * _density(m.weight))
-        self.calls.append(("linear", rows, flops))
+    def handles(self, module: nn.Module) -> bool:
+        MessagePassing = torch_geometric("nn").MessagePassing
+        return isinstance(module, (nn.MultiheadAttention, nn.Linear, MessagePassing))
 
-    def _message(self, m, args, kwargs, out) -> None:
-        x = args[0] if args else kwargs.get("x")
+    def count(self, module: nn.Module, args: tuple, kwargs: dict, output) -> Optional[float]:
+        if isinstance(module, nn.MultiheadAttention):
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs.get("key", query)
+            return _mha_flops(module, query, key)[0]
+        if isinstance(module, nn.Linear):
+            return 2.0 * super().count(module, args, kwargs, output)
+        x = args[0] if args else kwargs.get("x")  # message passing
         ei = args[1] if len(args) > 1 else kwargs.get("edge_index")
         x = x[0] if isinstance(x, (tuple, list)) else x
         if not isinstance(x, Tensor) or ei is None:
-            return
-        edges = ei.size(1) if isinstance(ei, Tensor) else int(ei.nnz())
-        flops = float(edges * x.size(-1))
-        self.report.add(self._part(m), flops, flops)
-        self.calls.append(("message", edges, flops))
+            return None
+        return float((ei.size(1) if isinstance(ei, Tensor) else int(ei.nnz())) * x.size(-1))
 
-    def _attention(self, m, args, kwargs, out) -> None:
-        query = args[0] if args else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs.get("key", query)
-        flops, sparse = _mha_flops(m, query, key)
-        self.report.add(self._part(m), flops, sparse)
-        self.calls.append(("attention", 0, flops))
-
-    def start(self) -> "FlopsCounter":
-        MessagePassing = torch_geometric("nn").MessagePassing
-        for m in self.model.modules():
-            if self.select is not None and not self.select(m):
-                continue
-            if isinstance(m, nn.MultiheadAttention):
-                self._handles.append(m.register_forward_hook(self._attention, with_kwargs=True))
-            elif isinstance(m, nn.Linear):
-                self._handles.append(m.register_forward_hook(lambda mod, a, o: self._linear(mod, a, o)))
-            elif isinstance(m, MessagePassing):
-                self._handles.append(m.register_forward_hook(self._message, with_kwargs=True))
-        return self
+    def record(self, name: str, module: nn.Module, flops: float, args: tuple, kwargs: dict, output) -> None:
+        super().record(name, module, flops, args, kwargs, output)
+        part = self._part(module)
+        if isinstance(module, nn.MultiheadAttention):
+            query = args[0] if args else kwargs["query"]
+            sparse = _mha_flops(module, query, args[1] if len(args) > 1 else kwargs.get("key", query))[1]
+            self.report.add(part, flops, sparse)
+            self.calls.append(("attention", 0, flops))
+        elif isinstance(module, nn.Linear):
+            self.report.add(part, flops, flops * _density(module.weight))
+            x = args[0] if args else kwargs.get("input")
+            self.calls.append(("linear", x.numel() // module.in_features, flops))
+        else:
+            self.report.add(part, flops, flops)
+            ei = args[1] if len(args) > 1 else kwargs.get("edge_index")
+            self.calls.append(("message", ei.size(1) if isinstance(ei, Tensor) else int(ei.nnz()), flops))
 
     def stop(self) -> FlopsReport:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        super().stop()
         return self.report
 
     def __enter__(self) -> "FlopsCounter":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self.start()
+        return self
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sparsity_core.allocators.knapsack import InfeasibleBudget, greedy_removal
+from sparsity_core.cost import CostModel
 
 from .gtsp_flops import LayerCost
 
@@ -131,6 +132,36 @@ def layer_flops(costs: Sequence[LayerCost], plan: GTSPPlan, layer: int, scorer: 
 
 def total_flops(costs: Sequence[LayerCost], plan: GTSPPlan, other: float, scorer: bool) -> float:
     return other + sum(layer_flops(costs, plan, i, scorer) for i in range(len(costs)))
+
+
+class PlanCost(CostModel):
+    """GTSP's analytic FLOPs model as a core cost model. Per layer ``i`` three targets:
+    ``"<i>.layer"`` (1 open, 0 closed), ``"<i>.heads"`` (heads kept) and ``"<i>.tokens"``
+    (the kept fraction ρ of each graph's nodes, in units of ``1/token_units``). ``macs`` is
+    half the FLOPs (the linear maps' and products' convention); ``units`` counts heads and layers."""
+
+    def __init__(self, costs: Sequence[LayerCost], other: float, scorer: bool, token_units: int = 100) -> None:
+        self.costs, self.other, self.scorer, self.token_units = list(costs), float(other), bool(scorer), token_units
+
+    def plan_of(self, keep: Dict[str, float]) -> GTSPPlan:
+        layers = range(len(self.costs))
+        return GTSPPlan([bool(keep.get(f"{i}.layer", 1)) for i in layers],
+                        [[h < keep.get(f"{i}.heads", self.costs[i].heads) for h in range(self.costs[i].heads)]
+                         for i in layers],
+                        [keep.get(f"{i}.tokens", self.token_units) / self.token_units for i in layers])
+
+    def cost(self, keep: Dict[str, float]) -> Dict[str, float]:
+        plan = self.plan_of(keep)
+        flops = total_flops(self.costs, plan, self.other, self.scorer)
+        return {"units": float(plan.heads_in_open_layers() + sum(plan.layer_open)), "params": 0.0,
+                "macs": flops / 2.0, "flops": flops}
+
+    def flops(self, plan: GTSPPlan) -> float:
+        """FLOPs of ``plan`` itself (which heads are closed does not change the count)."""
+        keep = {}
+        for i, (open_, heads, ratio) in enumerate(zip(plan.layer_open, plan.head_keep, plan.token_keep)):
+            keep.update({f"{i}.layer": int(open_), f"{i}.heads": sum(heads), f"{i}.tokens": ratio * self.token_units})
+        return self.cost(keep)["flops"]
 
 
 def importance_of(move: Move, importance: Dict[str, list], costs: Sequence[LayerCost], plan: GTSPPlan,

@@ -2,10 +2,12 @@
 when tracing breaks) and the MACs of every convolution and linear layer."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
+
+from sparsity_core.macs import MacCounter, count_macs
 
 from ._deps import torch_pruning
 
@@ -37,31 +39,31 @@ def trace_dependencies(model: nn.Module, example_inputs, ignored: Sequence[nn.Mo
     return dg
 
 
+class VisionMacCounter(MacCounter):
+    """The core's MAC counter plus the two matrix products of timm-style attention (a module
+    with a ``qkv`` Linear, ``num_heads`` and ``head_dim``): ``QKᵀ`` and ``attention·V``,
+    ``2·B·heads·N²·head_dim`` for ``N`` tokens (they run inside ``scaled_dot_product_attention``,
+    which no module hook sees)."""
+
+    def handles(self, module: nn.Module) -> bool:
+        return super().handles(module) or _is_attention(module)
+
+    def count(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Optional[float]:
+        if not _is_attention(module):
+            return super().count(module, args, kwargs, output)
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            return None
+        batch, tokens = x.shape[0], x.shape[1]
+        return float(2 * batch * module.num_heads * tokens * tokens * module.head_dim)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int) \
+        and isinstance(getattr(module, "head_dim", None), int)
+
+
 def measure_macs(model: nn.Module, example_inputs) -> Dict[str, float]:
-    """MACs per sample of every Conv/Linear, from one forward pass."""
-    macs: Dict[str, float] = {}
-    hooks = []
-
-    def hook(name):
-        def fn(mod, inp, out):
-            batch = out.shape[0] if out.dim() > 1 else 1
-            if isinstance(mod, nn.modules.conv._ConvNd):
-                k = mod.weight[0].numel()  # in/groups * prod(kernel)
-                macs[name] = float(out.numel() / batch * k)
-            else:
-                macs[name] = float(out.numel() / batch * mod.in_features)
-        return fn
-
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            hooks.append(m.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return macs
+    """MACs per sample of every Conv/Linear (and attention's matrix products), from one
+    forward pass with the suite's counter."""
+    return count_macs(model, example_inputs, counter=VisionMacCounter)

@@ -3,6 +3,7 @@ import json
 
 import torch
 
+from sparsity_core.macs import count_macs
 from sparsity_plugins.vision import fold_batchnorm, optimize_for_inference, save_pruned
 from sparsity_plugins.vision.removal import remove_channels
 
@@ -46,3 +47,16 @@ def test_optimized_pruned_model_matches_and_reloads(tmp_path):
     meta = json.loads((tmp_path / "pruning.json").read_text())
     assert meta["record"]["kept"] == record.kept
     assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_vision_counter_adds_attention_matrix_products():
+    import timm
+
+    from sparsity_plugins.vision.report import count_macs_params
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=16, depth=1)
+    x = torch.randn(1, 3, 32, 32)
+    macs = count_macs_params(model, x)["macs"]
+    linear_and_conv = sum(count_macs(model, x).values())
+    # 5 tokens (4 patches + class), 3 heads of 64: QKᵀ and attention·V, 2 · 3 · 5² · 64 each block
+    assert macs - linear_and_conv == 2 * 3 * 5 * 5 * 64
