@@ -35,11 +35,20 @@ Dynamic updates (:class:`DynamicSparsifier`):
   least resistance from p to q in the updated G is added to H (an exact bidirectional
   Dijkstra, where the paper samples walks in G and keeps the best), so H stays connected
   wherever G is.
+- node insertion (:meth:`DynamicSparsifier.add_nodes`): new isolated nodes, each its own
+  component, that later insertions can attach (their first edge always joins H: no walk
+  reaches a node H does not connect).
+
+Queries without exporting the graph: membership of edges in H or G (``has_edge``,
+``contains``, ``weight``) from the edge dictionaries, and connectivity (``connected``,
+``components``) from component labels of H kept up to date (a merge relabels the smaller
+component; a deletion that leaves no path between its ends splits one, and the smaller side
+is relabelled). H has G's components at all times, so the answers hold for G as well.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,8 +56,8 @@ from torch import Tensor
 
 from sparsity_core.validation import check_int, check_positive, check_range
 
-from .dygrass_walks import (SlackAdjacency, lowest_resistance_path, recover_off_tree, spanning_forest,
-                            tree_resistance, walk_resistance)
+from .dygrass_walks import (SlackAdjacency, component_labels, flood_label, lowest_resistance_path, recover_off_tree,
+                            spanning_forest, split_label, tree_resistance, walk_resistance)
 from .teddy import check_edge_index
 
 
@@ -143,7 +152,7 @@ class DynamicSparsifier:
         edge_index: ``[2, E]`` long tensor of an undirected graph (each edge once or in both
             directions; self-loops are dropped).
         edge_weight: ``[E]`` positive weights, or ``None`` for unit weights.
-        num_nodes: number of nodes (default ``max id + 1``); fixed for the whole stream.
+        num_nodes: number of nodes (default ``max id + 1``); :meth:`add_nodes` adds more.
         density: target ``|E_H| / |V|`` of the initial sparsifier (:func:`grass_sparsifier`).
         beta: tree-hop radius of the similarity filter of the initial sparsifier.
         num_walks: random walks from each endpoint per insertion.
@@ -159,7 +168,16 @@ class DynamicSparsifier:
         dyn = DynamicSparsifier(edge_index, num_nodes=n)
         added = dyn.insert_edges(new_edges)       # bool per edge: joined H
         in_h = dyn.delete_edges(old_edges)        # bool per edge: was in H (path restored)
+        v = dyn.add_nodes(1)                      # a new isolated node, id v
+        dyn.insert(v, 0)                          # ... attached by an edge
+        dyn.has_edge(v, 0), dyn.connected(v, 5)   # queries, G is not exported
         h_index, h_weight = dyn.sparsifier()
+
+    Edges are stored under the key ``min(u, v) · base + max(u, v)``; ``base`` is a capacity
+    ``>= num_nodes`` (equal to it until :meth:`add_nodes` first grows it), and the per-node
+    arrays (both adjacencies, the walks' scratch, the component labels) have ``base`` rows,
+    so adding nodes re-keys and regrows them only when the capacity runs out (amortised O(1)
+    per node).
     """
 
     def __init__(self, edge_index: Tensor, edge_weight: Optional[Tensor] = None, num_nodes: Optional[int] = None,
@@ -178,11 +196,15 @@ class DynamicSparsifier:
         self.threshold = float(threshold) if threshold is not None else (10.0 if math.isnan(cut) else cut)
         self.seed, self._rng = seed, np.random.default_rng(seed)
         key = src * n + dst
+        self._base = n  # edge key base and rows of the per-node arrays, >= num_nodes
         self._weight = dict(zip(key.tolist(), w.tolist()))
         self._in_h = set(key[keep].tolist())
         self._g = SlackAdjacency(n, src, dst, 1.0 / w)
         self._h = SlackAdjacency(n, src[keep], dst[keep], 1.0 / w[keep])
         self._best = np.full(2 * n, math.inf)  # scratch of the walks, all inf between calls
+        self._comp = component_labels(src[keep], dst[keep], n)  # component label of every node (of H, = of G)
+        self._size = np.bincount(self._comp)  # nodes per label (0 for a label no longer used)
+        self._labels = int(self._size.size)  # next free label
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_nodes={self.num_nodes}, edges_g={len(self._weight)}, "
@@ -197,7 +219,7 @@ class DynamicSparsifier:
     def _export(self, keys) -> Tuple[Tensor, Tensor]:
         key = np.fromiter(sorted(keys), dtype=np.int64, count=len(keys))
         w = np.fromiter((self._weight[k] for k in key.tolist()), dtype=np.float64, count=key.size)
-        return _pyg(key // self.num_nodes, key % self.num_nodes, w, self.num_nodes)
+        return _pyg(key // self._base, key % self._base, w, self.num_nodes)
 
     def sparsifier(self) -> Tuple[Tensor, Tensor]:
         """``(edge_index, edge_weight)`` of H, both directions of every edge, sorted."""
@@ -217,11 +239,11 @@ class DynamicSparsifier:
             i = int(np.flatnonzero(a == b)[0])
             raise ValueError(f"{what} column {i} is a self-loop ({a[i]}, {a[i]}); it has no place in a Laplacian")
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-        key = lo * self.num_nodes + hi
+        key = lo * self._base + hi
         uniq, count = np.unique(key, return_counts=True)
         if (count > 1).any():
             k = int(uniq[count > 1][0])
-            raise ValueError(f"{what} holds edge ({k // self.num_nodes}, {k % self.num_nodes}) more than once "
+            raise ValueError(f"{what} holds edge ({k // self._base}, {k % self._base}) more than once "
                              "(one column per undirected edge)")
         return lo, hi
 
@@ -231,7 +253,7 @@ class DynamicSparsifier:
         in G, is a self-loop, repeats, or has a bad weight."""
         lo, hi = self._keys(edge_index, "edge_index")
         w = _weights(edge_weight, lo.size, "edge_weight")
-        n = self.num_nodes
+        n = self._base
         present = [k for k in (lo * n + hi).tolist() if k in self._weight]
         if present:
             raise ValueError(f"edge ({present[0] // n}, {present[0] % n}) is already in G; delete it first to "
@@ -253,7 +275,7 @@ class DynamicSparsifier:
         updated G joined H). Raises ``ValueError`` before any change if an edge is not in G
         or repeats."""
         lo, hi = self._keys(edge_index, "edge_index")
-        n = self.num_nodes
+        n = self._base
         missing = [k for k in (lo * n + hi).tolist() if k not in self._weight]
         if missing:
             raise ValueError(f"edge ({missing[0] // n}, {missing[0] % n}) is not in G; nothing was deleted")
@@ -265,16 +287,120 @@ class DynamicSparsifier:
                 was_in_h[i] = True
                 self._in_h.discard(p * n + q)
                 self._h.remove(p, q)
-                path = lowest_resistance_path(self._g, p, q) or []
+                path = lowest_resistance_path(self._g, p, q)
+                if path is None:  # (p, q) was a bridge of G: its component falls apart
+                    self._split(p, q)
+                    continue
                 for a, b in zip(path[:-1], path[1:]):
                     if min(a, b) * n + max(a, b) not in self._in_h:
                         self._add_to_h(min(a, b), max(a, b))
         return torch.from_numpy(was_in_h)
 
     def _add_to_h(self, p: int, q: int) -> None:
-        key = p * self.num_nodes + q
+        key = p * self._base + q
         self._in_h.add(key)
         self._h.add(p, q, 1.0 / self._weight[key])
+        a, b = int(self._comp[p]), int(self._comp[q])
+        if a != b:  # the edge joins two components: relabel the smaller one
+            small, big, seed = (a, b, p) if self._size[a] <= self._size[b] else (b, a, q)
+            flood_label(self._h, self._comp, seed, small, big)
+            self._size[big] += self._size[small]
+            self._size[small] = 0
+
+    def _new_labels(self, count: int) -> int:
+        """Reserve ``count`` fresh component labels; return the first."""
+        first = self._labels
+        self._labels += count
+        if self._labels > self._size.size:
+            self._size = np.concatenate([self._size, np.zeros(max(self._labels - self._size.size, self._size.size),
+                                                              dtype=self._size.dtype)])
+        return first
+
+    def _split(self, p: int, q: int) -> None:
+        """p and q, one component until now, have no path between them any more (in G, hence
+        in H): the smaller side gets a fresh label."""
+        old = int(self._comp[p])
+        first = self._new_labels(2)
+        new, size = split_label(self._h, self._comp, p, q, old, first, first + 1)
+        self._size[new] = size
+        self._size[old] -= size
+
+    # -- nodes ------------------------------------------------------------------------------
+    def add_nodes(self, count: int = 1) -> int:
+        """Add ``count`` isolated nodes to G (and H) and return the id of the first; the new
+        ids are ``first … first + count - 1``, and each is its own component until an
+        inserted edge attaches it (its first edge always joins H). Raises ``ValueError``,
+        changing nothing, unless ``count`` is an int ``>= 1``."""
+        count = check_int(count, "count (nodes to add)", 1)
+        first = self.num_nodes
+        if first + count > self._base:
+            self._reserve(max(first + count, self._base + self._base // 2 + 8))
+        label = self._new_labels(count)
+        self._comp[first:first + count] = np.arange(label, label + count)
+        self._size[label:label + count] = 1
+        self.num_nodes = first + count
+        return first
+
+    def _reserve(self, base: int) -> None:
+        """Grow the capacity to ``base`` rows: re-key the edges, grow both adjacencies, the
+        walks' scratch and the component labels (rows past ``num_nodes`` stay isolated)."""
+        old = self._base
+        self._weight = {(k // old) * base + k % old: w for k, w in self._weight.items()}
+        self._in_h = {(k // old) * base + k % old for k in self._in_h}
+        self._g.add_nodes(base - old)
+        self._h.add_nodes(base - old)
+        self._best = np.full(2 * base, math.inf)
+        self._comp = np.concatenate([self._comp, np.full(base - old, -1, dtype=np.int64)])
+        self._base = base
+
+    # -- queries ----------------------------------------------------------------------------
+    def _node(self, u: object, what: str) -> int:
+        return check_int(u, what, 0, self.num_nodes - 1)
+
+    def _edges_of(self, graph: object) -> Union[dict, set]:
+        if not isinstance(graph, bool):
+            raise ValueError(f"graph must be a bool (True: ask about G, False: about H), got {graph!r}")
+        return self._weight if graph else self._in_h
+
+    def has_edge(self, u: int, v: int, *, graph: bool = False) -> bool:
+        """Whether the undirected edge ``(u, v)`` is in H (in G with ``graph=True``); a
+        self-loop never is. Raises ``ValueError`` for an id outside ``[0, num_nodes)``."""
+        edges = self._edges_of(graph)
+        u, v = self._node(u, "node id u"), self._node(v, "node id v")
+        return u != v and min(u, v) * self._base + max(u, v) in edges
+
+    def weight(self, u: int, v: int, *, graph: bool = False) -> Optional[float]:
+        """Weight of the edge ``(u, v)`` if it is in H (in G with ``graph=True``), else
+        ``None`` (H keeps G's weights)."""
+        return self._weight[min(u, v) * self._base + max(u, v)] if self.has_edge(u, v, graph=graph) else None
+
+    def contains(self, edge_index: Tensor, *, graph: bool = False) -> Tensor:
+        """Bool tensor ``[E]``: whether each column ``(u, v)`` of ``edge_index`` is an edge of
+        H (of G with ``graph=True``), in either direction; self-loops and repeats are
+        allowed (a self-loop is never an edge). Raises ``ValueError`` for a bad tensor or ids
+        outside ``[0, num_nodes)``."""
+        edges = self._edges_of(graph)
+        if isinstance(edge_index, Tensor) and edge_index.dtype == torch.long and list(edge_index.shape) == [2, 0]:
+            return torch.zeros(0, dtype=torch.bool)
+        check_edge_index(edge_index, self.num_nodes, "edge_index")
+        a, b = edge_index.cpu().numpy()
+        key = (np.minimum(a, b) * self._base + np.maximum(a, b)).tolist()
+        found = np.fromiter((k in edges for k in key), dtype=bool, count=len(key)) & (a != b)
+        return torch.from_numpy(found)
+
+    def connected(self, u: int, v: int) -> bool:
+        """Whether ``u`` and ``v`` are in one connected component of H, which is the same as in
+        G (H keeps G's components); O(1), from labels kept up to date."""
+        u, v = self._node(u, "node id u"), self._node(v, "node id v")
+        return bool(self._comp[u] == self._comp[v])
+
+    def components(self) -> Tensor:
+        """Long tensor ``[num_nodes]``: the component of every node in H (= in G), numbered
+        ``0, 1, …`` in the order of their smallest node id."""
+        _, first, inverse = np.unique(self._comp[:self.num_nodes], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        return torch.from_numpy(rank[inverse.reshape(-1)])
 
     def insert(self, u: int, v: int, w: float = 1.0) -> bool:
         """Insert one edge; ``True`` if it joined H."""

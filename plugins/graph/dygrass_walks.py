@@ -2,8 +2,10 @@
 Sparsification via Localized Random Walks"; the public API and the math are in
 :mod:`.dygrass`): the GRASS/feGRASS static start (spanning forest, tree resistances,
 similarity-filtered off-tree recovery), an adjacency that edges can join and leave cheaply,
-batched non-backtracking random walks that accumulate path resistance, and the
-lowest-resistance path search used to repair a deletion.
+batched non-backtracking random walks that accumulate path resistance, the
+lowest-resistance path search used to repair a deletion, and the component labels that
+answer connectivity queries (kept up to date by relabelling the smaller side of a merge or
+a split, found by a vectorised breadth-first search).
 
 Resistances: an edge of weight ``w`` is a resistor of ``1/w``; the resistance of a path is
 ``Σ 1/w_e`` over its edges, and it bounds the effective resistance between its ends from
@@ -139,8 +141,26 @@ class SlackAdjacency:
         self.res[self.start[row] + offset] = old_res[old_start[row] + offset]
 
     def neighbors(self, u: int):
+        """``(neighbours, resistances)`` of ``u`` (views into the layout)."""
         s = self.start[u]
         return self.col[s:s + self.deg[u]], self.res[s:s + self.deg[u]]
+
+    def gather(self, nodes: np.ndarray) -> np.ndarray:
+        """The neighbours of all ``nodes``, concatenated (with repeats), in one vectorised step."""
+        d = self.deg[nodes]
+        offset = np.arange(int(d.sum())) - np.repeat(np.cumsum(d) - d, d)
+        return self.col[np.repeat(self.start[nodes], d) + offset]
+
+    def add_nodes(self, count: int) -> None:
+        """Append ``count`` isolated rows (ids ``deg.size …``), each with the two spare slots a
+        row of degree 0 gets at construction; O(nnz) once (callers reserve rows ahead)."""
+        cap = np.full(count, 2, dtype=np.int64)
+        size = self.col.size
+        self.deg = np.concatenate([self.deg, np.zeros(count, dtype=np.int64)])
+        self.cap = np.concatenate([self.cap, cap])
+        self.start = np.concatenate([self.start, size + np.cumsum(cap) - cap])
+        self.col = np.concatenate([self.col, np.full(2 * count, -1, dtype=np.int64)])
+        self.res = np.concatenate([self.res, np.zeros(2 * count, dtype=np.float64)])
 
     def _append(self, u: int, v: int, res: float) -> None:
         if self.deg[u] == self.cap[u]:
@@ -259,3 +279,52 @@ def lowest_resistance_path(adj: SlackAdjacency, p: int, q: int) -> Optional[List
         tail.append(node)
         node = pred[1][node]
     return head[::-1] + tail
+
+
+def component_labels(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """Connected-component label (``0 …``) of every node of the graph with edges ``src, dst``."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    graph = sp.csr_matrix((np.ones(src.size), (src, dst)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def flood_label(adj: SlackAdjacency, label: np.ndarray, seed: int, old: int, new: int) -> int:
+    """Give label ``new`` to ``seed`` (labelled ``old``) and to every node reachable from it in
+    ``adj`` through nodes labelled ``old``; return how many nodes were relabelled."""
+    label[seed] = new
+    frontier, count = np.array([seed], dtype=np.int64), 1
+    while frontier.size:
+        nb = adj.gather(frontier)
+        frontier = np.unique(nb[label[nb] == old])
+        label[frontier] = new
+        count += frontier.size
+    return count
+
+
+def split_label(adj: SlackAdjacency, label: np.ndarray, p: int, q: int, old: int, new_p: int,
+                new_q: int) -> Tuple[int, int]:
+    """After the component labelled ``old`` fell apart with ``p`` and ``q`` on different sides
+    (no path between them in ``adj`` any more), relabel the smaller side.
+
+    Two breadth-first searches grow by turns, always the one that has reached fewer nodes,
+    marking their nodes ``new_p`` / ``new_q``; the first to run out of nodes has found its
+    whole side, which keeps its new label, while the other search's nodes go back to ``old``.
+    The cost is about twice the smaller side. Returns ``(new label, size)`` of that side."""
+    labels, counts = (new_p, new_q), [1, 1]
+    fronts = [np.array([p], dtype=np.int64), np.array([q], dtype=np.int64)]
+    seen: Tuple[List[np.ndarray], List[np.ndarray]] = ([fronts[0]], [fronts[1]])
+    label[p], label[q] = new_p, new_q
+    while True:
+        side = 0 if counts[0] <= counts[1] else 1
+        nb = adj.gather(fronts[side])
+        nb = np.unique(nb[label[nb] == old])
+        if nb.size == 0:
+            break
+        label[nb] = labels[side]
+        counts[side] += nb.size
+        seen[side].append(nb)
+        fronts[side] = nb
+    label[np.concatenate(seen[1 - side])] = old
+    return labels[side], counts[side]
