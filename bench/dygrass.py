@@ -2,7 +2,9 @@
 
 Graphs (generated, unit weights): PyG's ``grid`` (8-neighbour lattice) of 150 x 150 nodes
 (~89k edges; quick: 50 x 50, ~10k) and a stochastic block model of 5 blocks of 600 nodes
-(``stochastic_blockmodel_graph``, ~60k edges; quick: 4 x 250, ~10k). A random held-out set
+(``stochastic_blockmodel_graph``, ~60k edges; quick: 4 x 250, ~10k) and a Barabási–Albert
+graph of 10,000 nodes, 3 edges per new node (networkx, seed 0; ~30k edges; quick too: it is
+the graph on which κ used to take minutes). A random held-out set
 of 1,000 edges (quick: 200) is removed, :class:`DynamicSparsifier` is built on the rest
 (density 1.15, 256 walks of <= 100 steps), then a stream of those 1,000 insertions and
 1,000 deletions of random present edges (quick: 200 + 200), interleaved in random order,
@@ -18,13 +20,14 @@ Compared on the final G, side by side in one run:
 - match (information only): the static construction again, at the density the dynamic one
   ended with, to separate the effect of the extra edges from that of the method.
 
-Both: |E_H|, |E_H|/|V| and κ(G, H) from ``relative_condition_number``. When ARPACK does not
-converge on ``λ_max(L_H, L_G)`` (eigenvalues clustered at 1), κ is ``λ_max(L_G, L_H)``
-alone, exact here because H is a subgraph of G with G's weights so ``λ_min = 1``; such
-values are marked ``*``.
+Both: |E_H|, |E_H|/|V| and κ(G, H) from ``relative_condition_number``, with the wall time
+of each κ. Every H here is a subgraph of G with G's weights, so ``λ_min(L_G, L_H) = 1``
+exactly and the function skips that solve; κ is ``λ_max(L_G, L_H)`` from one ARPACK run
+with a factorisation of the sparse ``L_H``.
 
 Targets (issue): the update >= 10x cheaper than a rebuild (mean per update), and κ of the
-dynamic sparsifier within 2x of the recomputed one, on every graph.
+dynamic sparsifier within 2x of the recomputed one, on every graph; every κ computed in
+under 10 s.
 """
 from __future__ import annotations
 
@@ -33,12 +36,12 @@ import time
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-from torch_geometric.utils import grid, stochastic_blockmodel_graph
+from networkx import barabasi_albert_graph
+from torch_geometric.utils import grid, stochastic_blockmodel_graph, to_undirected
 
 from _common import median, parser, progress, result, start, table, target
 from sparsity_plugins.graph.dygrass import DynamicSparsifier, grass_sparsifier
-from sparsity_plugins.graph.spectral import laplacian, relative_condition_number
+from sparsity_plugins.graph.spectral import relative_condition_number
 
 
 def graphs(quick: bool):
@@ -49,6 +52,9 @@ def graphs(quick: bool):
     probs = torch.full((blocks, blocks), 0.002).fill_diagonal_(p_in)
     ei = stochastic_blockmodel_graph(torch.full((blocks,), size), probs)
     yield f"SBM {blocks}x{size}", ei, blocks * size
+    n = 10_000
+    ba = torch.tensor(list(barabasi_albert_graph(n, 3, seed=0).edges()), dtype=torch.long).t()
+    yield f"BA {n}", to_undirected(ba, num_nodes=n), n
 
 
 def unique_pairs(edge_index):
@@ -58,11 +64,10 @@ def unique_pairs(edge_index):
 
 
 def kappa(ei_g, w_g, ei_h, w_h, n):
-    try:
-        return relative_condition_number(ei_g, ei_h, n, w_g, w_h), ""
-    except ArpackNoConvergence:
-        lg, lh = laplacian(ei_g, n, w_g), laplacian(ei_h, n, w_h)
-        return float(eigsh(lg, k=1, M=lh, which="LA", return_eigenvectors=False)[0]), "*"
+    """κ(G, H) and the seconds it took."""
+    t0 = time.perf_counter()
+    k = relative_condition_number(ei_g, ei_h, n, w_g, w_h)
+    return k, time.perf_counter() - t0
 
 
 def stream(name, edge_index, n, updates, seed=0):
@@ -93,16 +98,16 @@ def stream(name, edge_index, n, updates, seed=0):
         t0 = time.perf_counter()
         ei_r, w_r = grass_sparsifier(ei_g, w_g, n)
         rebuild.append(time.perf_counter() - t0)
-    k_dyn, m_dyn = kappa(ei_g, w_g, ei_h, w_h, n)
-    k_rec, m_rec = kappa(ei_g, w_g, ei_r, w_r, n)
+    k_dyn, s_dyn = kappa(ei_g, w_g, ei_h, w_h, n)
+    k_rec, s_rec = kappa(ei_g, w_g, ei_r, w_r, n)
     ei_m, w_m = grass_sparsifier(ei_g, w_g, n, density=max(1.0, ei_h.size(1) / 2 / n))
-    k_match, m_match = kappa(ei_g, w_g, ei_m, w_m, n)
+    k_match, s_match = kappa(ei_g, w_g, ei_m, w_m, n)
     all_t = times[True] + times[False]
     row = dict(name=name, n=n, e_g=ei_g.size(1) // 2, build=build, rebuild=median(rebuild),
                mean=sum(all_t) / len(all_t), med=median(all_t), ins=median(times[True]), dele=median(times[False]),
                added=added, restored=restored, updates=updates, e_dyn=ei_h.size(1) // 2, e_rec=ei_r.size(1) // 2,
-               e_match=ei_m.size(1) // 2, k_dyn=k_dyn, k_rec=k_rec, k_match=k_match, m_dyn=m_dyn, m_rec=m_rec,
-               m_match=m_match)
+               e_match=ei_m.size(1) // 2, k_dyn=k_dyn, k_rec=k_rec, k_match=k_match, s_dyn=s_dyn, s_rec=s_rec,
+               s_match=s_match)
     progress(f"{name}: done")
     return row
 
@@ -122,10 +127,11 @@ def main() -> None:
             f"{1e3 * r['rebuild']:.1f}", f"{r['added']}/{r['updates']}", f"{r['restored']}/{r['updates']}"]
            for r in rows])
     print()
-    table(["graph", "H", "|E_H|", "|E_H|/|V|", "κ(G,H)"],
-          [[r["name"], h, r[f"e_{h}"], f"{r[f'e_{h}'] / r['n']:.3f}", f"{r[f'k_{h}']:.1f}{r[f'm_{h}']}"]
+    table(["graph", "H", "|E_H|", "|E_H|/|V|", "κ(G,H)", "κ time s"],
+          [[r["name"], h, r[f"e_{h}"], f"{r[f'e_{h}'] / r['n']:.3f}", f"{r[f'k_{h}']:.1f}", f"{r[f's_{h}']:.3f}"]
            for r in rows for h in ("dyn", "rec", "match")])
     values = {}
+    kappa_s = {r["name"]: max(r[f"s_{h}"] for h in ("dyn", "rec", "match")) for r in rows}
     for r in rows:
         key = r["name"].split()[0].lower()
         speedup, ratio = r["rebuild"] / r["mean"], r["k_dyn"] / r["k_rec"]
@@ -136,7 +142,10 @@ def main() -> None:
         values.update({f"{key}_speedup": speedup, f"{key}_update_ms": 1e3 * r["mean"],
                        f"{key}_rebuild_ms": 1e3 * r["rebuild"], f"{key}_kappa_dyn": r["k_dyn"],
                        f"{key}_kappa_rec": r["k_rec"], f"{key}_density_dyn": r["e_dyn"] / r["n"],
-                       f"{key}_density_rec": r["e_rec"] / r["n"]})
+                       f"{key}_density_rec": r["e_rec"] / r["n"], f"{key}_kappa_s": kappa_s[r["name"]]})
+    slowest = max(kappa_s.values())
+    target("every κ in < 10 s", slowest < 10, f"{slowest:.2f} s", "10 s")
+    values["kappa_max_s"] = slowest
     result("dygrass", values)
 
 
