@@ -19,6 +19,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from sparsity_core.allocators.budget import kept_count
 from sparsity_core.layouts import top_k_mask
 from sparsity_core.validation import check_positive, check_sparsity
 
@@ -90,11 +91,11 @@ def undirected_key(edge_index: Tensor, num_nodes: int) -> Tensor:
 def teddy_mask(edge_index: Tensor, sparsity: float, num_nodes: Union[int, Tuple[int, int], None] = None,
                undirected: bool = False) -> Tensor:
     """Boolean mask over edges removing the fraction ``sparsity`` of the non-self-loop edges (it
-    keeps ``ceil((1 − sparsity) · E)`` of them) with the
+    keeps ``⌊(1 − sparsity) · E⌋`` of them, the suite's rounding rule) with the
     highest TEDDY scores, and every self-loop. With ``undirected=True`` the budget counts
     undirected edges, both directions share their fate, and a directed ``edge_index``
     raises ``ValueError``. Ties are broken by edge order."""
-    keep = 1.0 - check_sparsity(sparsity)
+    check_sparsity(sparsity)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
     scores = teddy_edge_scores(edge_index, num_nodes)
@@ -110,16 +111,16 @@ def teddy_mask(edge_index: Tensor, sparsity: float, num_nodes: Union[int, Tuple[
         pair_score = torch.full((uniq.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(
             0, inverse, scores, reduce="amax")
         pair_loop = torch.zeros(uniq.numel(), dtype=torch.bool).scatter_reduce(0, inverse, loop, reduce="amax")
-        keep_pair = _top(pair_score, pair_loop, keep)
+        keep_pair = _top(pair_score, pair_loop, sparsity)
         return keep_pair[inverse]
-    return _top(scores, loop, keep)
+    return _top(scores, loop, sparsity)
 
 
-def _top(scores: Tensor, loop: Tensor, keep_fraction: float) -> Tensor:
-    """Self-loops and the ``ceil(keep_fraction · candidates)`` best other edges (the core's
-    top-k: ties go to the earlier edge)."""
+def _top(scores: Tensor, loop: Tensor, sparsity: float) -> Tensor:
+    """Self-loops and the ``⌊(1 − sparsity) · candidates⌋`` best other edges (the core's
+    rounding and top-k: ties go to the earlier edge)."""
     candidates = torch.nonzero(~loop).flatten()
-    k = math.ceil(keep_fraction * candidates.numel() - 1e-9)
+    k = kept_count(candidates.numel(), sparsity)
     keep = loop.clone()
     keep[candidates[top_k_mask(scores[candidates], k)]] = True
     return keep

@@ -13,6 +13,7 @@ the ``grouped`` allocator; the top-level sparsity is then what is reported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -21,7 +22,7 @@ from ..validation import check_nonnegative, check_sparsity
 
 MEASURES = ("units", "params", "macs")
 
-__all__ = ["MEASURES", "Budget", "check_sparsity", "unit_cost"]
+__all__ = ["MEASURES", "Budget", "check_sparsity", "kept_count", "unit_cost"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class Budget:
         if self.sparsity is not None:
             return (1.0 - self.sparsity) * total_cost
         return min(float(self.keep), total_cost)
+
+
+def kept_count(n: int, sparsity: float) -> int:
+    """Units kept of ``n`` at ``sparsity``: ``⌊(1 − s)·n⌋``, the suite's one rounding rule (a
+    budget is a ceiling on what stays; global ranking, UGS's rounds and TEDDY all keep this)."""
+    return int(math.floor((1.0 - check_sparsity(sparsity)) * n + 1e-9))
 
 
 def unit_cost(target: Target, measure: str) -> float:

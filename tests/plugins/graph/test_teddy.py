@@ -111,3 +111,19 @@ def test_distillation_loss_is_the_tempered_kl_to_the_teacher():
     assert student.grad is not None
     with pytest.raises(ValueError, match="temperature"):
         distillation_loss(student, teacher, temperature=0)
+
+
+def test_one_rounding_rule_for_every_edge_sparsifier():
+    """7 undirected edges, 30% removed: 4.9 may stay, so 4 stay in TEDDY and in the core's
+    global ranking (which UGS's rounds use) alike."""
+    from sparsity_core.allocators import Budget, GlobalRank
+    from sparsity_core.allocators.budget import kept_count
+    from sparsity_core.targets import Target
+
+    path = torch.tensor([[i for i in range(7)] + [i + 1 for i in range(7)],
+                         [i + 1 for i in range(7)] + [i for i in range(7)]])
+    mask = teddy_mask(path, 0.3, 8, undirected=True)
+    assert int(mask.sum()) == 2 * 4 == 2 * kept_count(7, 0.3)
+    edges = Target("ugs_edge_mask.mask", shape=(7,))
+    keep = GlobalRank(min_keep_units=0).allocate([edges], {edges.name: torch.arange(7.0)}, Budget(sparsity=0.3))
+    assert keep == {edges.name: 4}
