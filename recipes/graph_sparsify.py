@@ -17,7 +17,7 @@ with ``--model.distill_weight > 0``, the teacher logits for TEDDY's distillation
 
 ``gtsp``: graph classification on MUTAG with a GraphGPS model (3 ``GPSConv`` layers, GINE
 local message passing, 4 heads). With ``--baseline true`` the dense model trains first; then
-the GTSP callback trains the same model with learned gates on tokens, heads and layers while
+the GTSP program trains the same model with learned gates on tokens, heads and layers while
 a cubic ramp removes ``--gtsp.flops`` of the FLOPs (and ``--gtsp.weights`` of the linear
 weights by magnitude), and removes the closed units at the end of fit. Printed: accuracy on
 the held-out graphs and measured FLOPs per graph, dense vs GTSP.

@@ -311,7 +311,7 @@ class PhasedChannelPruning(SparsityCallback):
             removed at the end of the last one.
         finetune_epochs: epochs of training of the smaller model after removal.
         mask_updates: how many times the masks are recomputed during the ramp.
-        criterion: group_l2, group_l1, bn_scale, group_taylor, head_sensitivity or random.
+        criterion: group_l2, group_l1, taylor, magnitude, bn_scale, head_sensitivity or random.
         allocator: global (rank the units of all groups together) or uniform (same ratio per group).
         enforcement: group (pruned slices zeroed), mask_sparsity (L1 toward the mask) or group_envelope.
         round_to: kept channel counts are multiples of this.
