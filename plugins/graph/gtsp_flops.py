@@ -2,14 +2,17 @@
 
 Convention: FLOPs = 2 × the multiply-accumulates of every matrix product (linear maps,
 ``QKᵀ`` and ``attention·V``) + one add per message element of neighbourhood aggregation
-(``E·C_in`` per message-passing call). Elementwise work (norms, activations, softmax,
-biases, residual adds) is not counted.
+(``E·C_in`` per message-passing call) + the softmax and the padding mask over every attention
+score, :data:`SOFTMAX_FLOPS` per score (subtract the row maximum, exponentiate, sum, divide,
+add the mask): they run over the padded ``B·n_max²`` matrix, whatever the graphs' sizes.
+Other elementwise work (norms, activations, biases, residual adds) is not counted.
 
 ``GPSConv`` pads each batch to ``B`` graphs × ``n_max`` nodes (``to_dense_batch``) before
 its attention, so with ``P = B·n_max``, ``k`` heads of width ``d`` and ``C`` channels an
 attention layer executes
 
-    F_attn = 2·P·C·3kd  (Q, K, V)  +  2·2·B·n_max²·kd  (scores, weights·V)  +  2·P·kd·C  (output)
+    F_attn = 2·P·C·3kd (Q, K, V) + 2·2·B·n_max²·kd (scores, weights·V) + 5·B·k·n_max² (softmax, mask)
+             + 2·P·kd·C (output)
 
 and its MLP (``C → 2C → C``) ``8·N·C²``. :func:`count_flops` measures a forward pass with
 hooks (exact for the input given); :class:`LayerCost` is the analytic model GTSP's budget
@@ -33,10 +36,18 @@ from ._deps import torch_geometric
 PARTS = ("attention", "local", "mlp", "scorer", "other")
 
 
+#: FLOPs per attention score for the softmax and the mask (see the module)
+SOFTMAX_FLOPS = 5
+
+
 def attention_flops(num_graphs: int, max_nodes: int, channels: int, heads: int, head_dim: int) -> float:
     """Executed FLOPs of one (padded) multi-head attention call, see the module."""
     p, inner = num_graphs * max_nodes, heads * head_dim
-    return float(2 * p * channels * 3 * inner + 4 * num_graphs * max_nodes * max_nodes * inner + 2 * p * inner * channels)
+    if inner == 0:
+        return 0.0
+    scores = num_graphs * max_nodes * max_nodes
+    return float(2 * p * channels * 3 * inner + 4 * scores * inner + SOFTMAX_FLOPS * scores * heads
+                 + 2 * p * inner * channels)
 
 
 def _density(t: Tensor) -> float:
@@ -49,7 +60,7 @@ def _mha_flops(mod: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple:
     s = key.shape[1] if mod.batch_first else key.shape[0]
     inner = heads * d
     proj_q, proj_kv = 2 * b * lq * c * inner, 2 * b * s * c * 2 * inner
-    scores = 4 * b * lq * s * inner
+    scores = 4 * b * lq * s * inner + SOFTMAX_FLOPS * b * heads * lq * s
     out = 2 * b * lq * inner * c
     if inner == 0:
         return 0.0, 0.0

@@ -164,11 +164,12 @@ def test_flops_of_a_gps_layer_match_the_hand_count():
     batch = torch.tensor([0, 0, 0, 1, 1])
     report = count_flops(One().eval(), x, ei, batch)
     local = 4 * C + 2 * 5 * C * C  # aggregation E·C + GIN's Linear on N nodes
-    # padded to B·n_max = 2·3 rows: Q, K, V and output projections; scores and weights·V on 2·3·3
-    attn = 2 * 6 * C * C + 2 * 6 * C * 2 * C + 2 * 2 * 2 * 3 * 3 * 4 * 2 + 2 * 6 * C * C
+    # padded to B·n_max = 2·3 rows: Q, K, V and output projections; scores and weights·V on 2·3·3,
+    # and the softmax with the padding mask, 5 FLOPs per score of the 2 heads
+    attn = 2 * 6 * C * C + 2 * 6 * C * 2 * C + 2 * 2 * 2 * 3 * 3 * 4 * 2 + 5 * 2 * 2 * 3 * 3 + 2 * 6 * C * C
     mlp_ = 2 * 5 * C * 2 * C + 2 * 5 * 2 * C * C
     assert report.by_part == {"attention": attn, "local": local, "mlp": mlp_, "scorer": 0.0, "other": 0.0}
-    assert report.total == local + attn + mlp_ == 6880
+    assert report.total == local + attn + mlp_ == 6880 + 180
     assert attention_flops(2, 3, C, 2, 4) == attn
     # the budget's analytic model agrees with the measurement on its calibration batch
     model = One()
