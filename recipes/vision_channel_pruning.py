@@ -54,6 +54,7 @@ from pytorch_lightning.cli import LightningCLI
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sparsity_core.lightning import SparsityCallback
+from sparsity_core.program import Host
 from sparsity_core.schedules import Cosine, Cubic, Exponential, Linear
 from sparsity_plugins.vision import (ChannelPruning, format_report, optimize_for_inference, pruning_report,
                                      save_pruned)
@@ -298,9 +299,9 @@ class TimmClassifier(pl.LightningModule):
 
 
 # -- pruning in phases -------------------------------------------------------------------
-class PhasedChannelPruning(SparsityCallback):
-    """A :class:`ChannelPruning` program over epoch phases: dense, pruning (masks ramp),
-    removal, fine-tuning.
+class PhasedChannelPruning(ChannelPruning):
+    """The :class:`ChannelPruning` program over epoch phases: dense, pruning (masks ramp),
+    removal, fine-tuning. The one :class:`SparsityCallback` drives it (see :class:`RecipeCLI`).
 
     Args:
         sparsity: fraction of ``measure`` removed at the end of the pruning phase.
@@ -333,56 +334,69 @@ class PhasedChannelPruning(SparsityCallback):
         if dense_epochs < 0 or prune_epochs < 1 or finetune_epochs < 0 or mask_updates < 1:
             raise ValueError(f"need dense_epochs >= 0, prune_epochs >= 1, finetune_epochs >= 0, mask_updates >= 1; "
                              f"got {dense_epochs}, {prune_epochs}, {finetune_epochs}, {mask_updates}")
-        self.program = ChannelPruning(sparsity, criterion=criterion, allocator=allocator, enforcement=enforcement,
-                                      measure=measure, round_to=round_to, exclude=exclude, prune_heads=prune_heads,
-                                      prune_embed_dim=prune_embed_dim, finalize=False)
-        super().__init__(programs=[self.program], log_per_target=False)
-        self.sparsity, self.measure, self.ramp = sparsity, measure, RAMPS[schedule]
+        super().__init__(sparsity, criterion=criterion, allocator=allocator, enforcement=enforcement, measure=measure,
+                         round_to=round_to, exclude=exclude, prune_heads=prune_heads,
+                         prune_embed_dim=prune_embed_dim, finalize=False)
+        self.sparsity, self.ramp = sparsity, RAMPS[schedule]
         self.epochs = (dense_epochs, prune_epochs, finetune_epochs)
         self.mask_updates, self.verbose = mask_updates, verbose
         self.dense_state: Optional[Dict[str, torch.Tensor]] = None
-        self._t0 = 0.0
+        self.phase_steps = (0, 0)  # optimizer steps at the end of the dense and of the pruning phase
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.program.controller is None:  # steps are known once the data is set up
+    def attach(self, host: Host) -> None:
+        trainer = host.trainer
+        if self.controller is None:  # steps are known once the data is set up
             dense, prune, _ = self.epochs
             if trainer.max_epochs != sum(self.epochs) or trainer.max_steps != -1:
                 raise ValueError(f"the trainer must run the phases' {sum(self.epochs)} epochs and no max_steps")
             per_epoch = max(1, trainer.estimated_stepping_batches // trainer.max_epochs)
-            self.program.schedule = self.ramp(start_step=dense * per_epoch, end_step=(dense + prune) * per_epoch,
-                                              final_sparsity=self.sparsity)
-            self.program.update_every = max(1, prune * per_epoch // self.mask_updates)
-        super().setup(trainer, pl_module, stage)
+            self.phase_steps = (dense * per_epoch, (dense + prune) * per_epoch)
+            self.schedule = self.ramp(start_step=self.phase_steps[0], end_step=self.phase_steps[1],
+                                      final_sparsity=self.sparsity)
+            self.update_every = max(1, prune * per_epoch // self.mask_updates)
+        super().attach(host)
+
+    def start(self, step: int) -> None:
+        if step == self.phase_steps[0]:
+            self._snapshot()
+        super().start(step)
+
+    def after_optimizer_step(self, step: int) -> None:
+        if step == self.phase_steps[0]:  # the end of the dense phase, before any mask acts
+            self._snapshot()
+        super().after_optimizer_step(step)
+        if step == self.phase_steps[1]:
+            self.remove_now(self.host.trainer)
+
+    def _snapshot(self) -> None:
+        self.dense_state = {k: v.detach().cpu().clone() for k, v in self.host.model.net.state_dict().items()}
 
     def phase(self, epoch: int) -> str:
         dense, prune, _ = self.epochs
         return "dense" if epoch < dense else "prune" if epoch < dense + prune else "finetune"
 
-    def _snapshot(self, pl_module: pl.LightningModule) -> None:
-        self.dense_state = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        if self.epochs[0] == 0:
-            self._snapshot(pl_module)
+class PhaseLog(pl.Callback):
+    """One line per epoch: phase, loss, validation accuracy, sparsity, time."""
+
+    def __init__(self, pruning: PhasedChannelPruning) -> None:
+        self.pruning = pruning
+        self._t0, self._removed = 0.0, False
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._t0 = time.perf_counter()
+        self._t0, self._removed = time.perf_counter(), self.pruning.finalized
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch, (dense, prune, _) = trainer.current_epoch, self.epochs
-        if epoch == dense - 1:
-            self._snapshot(pl_module)
-        removing = epoch == dense + prune - 1
-        if removing:
-            self.program.remove_now(trainer)
-        if self.verbose:
-            m = trainer.callback_metrics
-            acc = f"  val acc {float(m['val_acc']):.4f}" if "val_acc" in m else ""
-            print(f"epoch {epoch + 1:>3}/{trainer.max_epochs} {self.phase(epoch):<8} loss "
-                  f"{float(m.get('train_loss', float('nan'))):.4f}{acc}  {self.measure} sparsity "
-                  f"{self.program.schedule.value(trainer.global_step):4.0%}{'  channels removed' if removing else ''}"
-                  f"  {time.perf_counter() - self._t0:.1f} s", flush=True)
+        p, epoch = self.pruning, trainer.current_epoch
+        if not p.verbose:
+            return
+        m = trainer.callback_metrics
+        acc = f"  val acc {float(m['val_acc']):.4f}" if "val_acc" in m else ""
+        removed = "  channels removed" if p.finalized and not self._removed else ""
+        print(f"epoch {epoch + 1:>3}/{trainer.max_epochs} {p.phase(epoch):<8} loss "
+              f"{float(m.get('train_loss', float('nan'))):.4f}{acc}  {p.measure} sparsity "
+              f"{p.schedule.value(trainer.global_step):4.0%}{removed}  {time.perf_counter() - self._t0:.1f} s",
+              flush=True)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -411,7 +425,7 @@ class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 class RecipeCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(PhasedChannelPruning, "pruning")
+        parser.add_class_arguments(PhasedChannelPruning, "pruning")
         parser.add_argument("--output", type=str, default=str(OUT), help="folder of the report, config and model")
         parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (training and latency)")
         parser.add_argument("--report.batches", type=List[int], default=[1, 32], help="latency batch sizes")
@@ -424,10 +438,17 @@ class RecipeCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         torch.set_num_threads(self.config.threads)
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer of the config, with the one SparsityCallback driving the pruning program."""
+        trainer = super().instantiate_trainer(**kwargs)
+        pruning = self.config_init["pruning"]
+        trainer.callbacks.extend([SparsityCallback(programs=[pruning], log_per_target=False), PhaseLog(pruning)])
+        return trainer
+
 
 def run(cli: RecipeCLI) -> Dict[str, Any]:
     model, data, trainer, cfg = cli.model, cli.datamodule, cli.trainer, cli.config
-    pruning = next(c for c in trainer.callbacks if isinstance(c, PhasedChannelPruning))
+    pruning = cli.config_init["pruning"]
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     fit_s = time.perf_counter() - start
@@ -450,7 +471,7 @@ def run(cli: RecipeCLI) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report_json(report))
     (out / "config.yaml").write_text(cli.parser.dump(cfg, skip_none=False))
-    save_pruned(pruned_opt, out / "model", info={**export_info, "record": pruning.program.record.to_json(),
+    save_pruned(pruned_opt, out / "model", info={**export_info, "record": pruning.record.to_json(),
                                                   "record_prefix": "net.", "model_name": cfg.model.model_name})
 
     print(f"\n{cfg.model.model_name} on {cfg.data.dataset} ({cfg.data.img_size}x{cfg.data.img_size}), "

@@ -30,9 +30,11 @@ from .criteria.base import Criterion, ScoreContext
 from .enforcement.base import Enforcement
 from .enforcement.regime import RegimePart, build_enforcement
 from .masks import MaskSet
+from .controller_state import ControllerState
 from .observe import ActivationObserver
 from .ranks import log_rank_zero
 from .registry import ALLOCATORS, CRITERIA
+from .scopes import DEFAULT_TASK, TaskScopes
 from .schedules.base import Schedule
 from .schedules.function import as_schedule
 from .selection import build_component, score_targets, select_masks
@@ -40,17 +42,10 @@ from .sync import LocalSync
 from .targets import Target
 from .validation import check_int
 
-#: The task every controller starts in (task scopes: :meth:`SparsityController.set_task`).
-DEFAULT_TASK = "default"
-
-#: Keys of :meth:`SparsityController.state_dict`; a state missing one is refused before any change.
-STATE_KEYS = ("targets", "masks", "step", "last_update_step", "current_sparsity", "history", "criterion",
-              "enforcement", "snapshot", "generator", "finalized", "task", "task_offset", "scopes")
-
 log = logging.getLogger(__name__)
 
 
-class SparsityController:
+class SparsityController(TaskScopes, ControllerState):
     """Owns the masks, the schedule position and the history of one sparsity run.
 
     Args:
@@ -184,10 +179,6 @@ class SparsityController:
             self.enforcement.after_optimizer_step(self)
         return self.update(step)
 
-    def local_step(self, step: int) -> int:
-        """``step`` on the current task's clock (the schedule's step): steps since the task began."""
-        return step - self.task_offset
-
     def is_update_step(self, step: int) -> bool:
         return self.schedule.is_update_step(self.local_step(step), self.update_every)
 
@@ -289,44 +280,6 @@ class SparsityController:
     def sync_world_size(self) -> int:
         return int(getattr(self.sync, "world_size", 1))
 
-    # -- task scopes ----------------------------------------------------------------------
-    def set_task(self, task: str, step: Optional[int] = None) -> None:
-        """Switch to ``task`` at optimizer step ``step`` (default: the last one processed).
-
-        The current task's masks, criterion statistics, sparsity and schedule position are
-        kept aside; a task seen before gets its own back and its schedule clock continues
-        where it stopped; a new task starts with no masks and its schedule at step 0. Masks
-        of the task switched to are applied through the enforcement: with hard masks that
-        zeroes the weights outside them, so tasks sharing weights want a non-destructive
-        enforcement (straight-through keeps the dense weights).
-        """
-        if not isinstance(task, str) or not task:
-            raise ValueError(f"a task is named by a non-empty string, got {task!r}")
-        if task == self.task:
-            return
-        now = max(self.step if step is None else step, 0)
-        saved = self.scopes.pop(task, None)
-        self.scopes[self.task] = {
-            "masks": self.masks.state_dict(), "criterion": self.criterion.state_dict(),
-            "current_sparsity": self.current_sparsity, "last_update_step": self.last_update_step,
-            "local_step": now - self.task_offset}
-        previous = self.masks.copy() if self.masks else None
-        if saved is None:
-            self.masks, self.current_sparsity, self.last_update_step = MaskSet(), 0.0, None
-            self.criterion.reset()
-            self.task_offset = now
-        else:
-            tmap = self.target_map
-            self.masks = MaskSet({k: v.to(tmap[k].param.device if tmap[k].param is not None else None)
-                                  for k, v in saved["masks"].items()})
-            self.criterion.load_state_dict(saved["criterion"])
-            self.current_sparsity, self.last_update_step = saved["current_sparsity"], saved["last_update_step"]
-            self.task_offset = now - int(saved["local_step"])
-        self.task = task
-        if self.masks:
-            self.enforcement.apply_masks(self, previous)
-        self.history.append({"step": now, "event": "task", "task": task, "sparsity": self.sparsity()})
-
     # -- lottery-ticket rewinding ---------------------------------------------------------
     def _maybe_snapshot(self, step: int) -> None:
         rewind_step = self.schedule.snapshot_step
@@ -365,79 +318,6 @@ class SparsityController:
         if self.masks and not self.finalized:
             self.enforcement.finalize(self)
         self.finalized = True
-
-    # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "targets": {t.name: list(t.mask_shape) for t in self.targets},
-            "masks": self.masks.state_dict(),
-            "step": self.step,
-            "last_update_step": self.last_update_step,
-            "current_sparsity": self.current_sparsity,
-            "history": [dict(h) for h in self.history],
-            "criterion": self.criterion.state_dict(),
-            "enforcement": self.enforcement.state_dict(),
-            "snapshot": None if self.snapshot is None else {k: v.cpu().clone() for k, v in self.snapshot.items()},
-            "generator": self.generator.get_state(),
-            "finalized": self.finalized,
-            "task": self.task,
-            "task_offset": self.task_offset,
-            "scopes": {task: dict(scope) for task, scope in self.scopes.items()},
-        }
-
-    def check_state(self, state: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` if ``state`` was saved for other targets."""
-        saved = {k: tuple(v) for k, v in state.get("targets", {}).items()}
-        ours = {t.name: tuple(t.mask_shape) for t in self.targets}
-        missing, unexpected = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
-        reshaped = sorted(n for n in set(ours) & set(saved) if ours[n] != saved[n])
-        if missing or unexpected or reshaped:
-            parts = []
-            if missing:
-                parts.append(f"missing targets {missing[:5]}")
-            if unexpected:
-                parts.append(f"unexpected targets {unexpected[:5]}")
-            if reshaped:
-                parts.append(f"shape mismatch for {[(n, saved[n], ours[n]) for n in reshaped[:5]]}")
-            raise ValueError("sparsity state does not match the model's targets: " + "; ".join(parts))
-        for name, mask in state.get("masks", {}).items():
-            if name not in ours or tuple(mask.shape) != ours[name]:
-                raise ValueError(f"saved mask for {name!r} has shape {tuple(mask.shape)}, expected {ours.get(name)}")
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. The whole state is checked first (keys, targets, mask
-        shapes, criterion and enforcement state); on any error nothing has changed."""
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"sparsity controller state is missing {missing}; it was not written by this "
-                             "version's SparsityController.state_dict()")
-        self.check_state(state)
-        tmap = self.target_map
-        masks = MaskSet()
-        for name, mask in state["masks"].items():
-            dev = tmap[name].param.device if tmap[name].param is not None else None
-            masks[name] = mask.to(dev)
-        generator = torch.Generator()
-        generator.set_state(state["generator"])  # raises on a malformed RNG state, before any change
-        saved_criterion, saved_enforcement = self.criterion.state_dict(), self.enforcement.state_dict()
-        try:
-            self.criterion.load_state_dict(state["criterion"])
-            self.enforcement.load_state_dict(state["enforcement"])
-        except Exception:
-            self.criterion.load_state_dict(saved_criterion)
-            self.enforcement.load_state_dict(saved_enforcement)
-            raise
-        self.masks = masks
-        self.step = int(state["step"])
-        self.last_update_step = state["last_update_step"]
-        self.current_sparsity = float(state["current_sparsity"])
-        self.history = [dict(h) for h in state["history"]]
-        self.snapshot = state["snapshot"]
-        self.generator.set_state(state["generator"])
-        self.finalized = bool(state["finalized"])
-        self.task, self.task_offset = str(state["task"]), int(state["task_offset"])
-        self.scopes = {str(task): dict(scope) for task, scope in state["scopes"].items()}
-        self.to_devices()
 
     def __repr__(self) -> str:
         return (

@@ -135,6 +135,8 @@ class MaskProgram(Program):
         return self._cached("removed", self._removed_params)
 
     def _removed_params(self) -> Optional[Tuple[float, float]]:
+        """``(removed, total)`` parameters (subclasses with their own cost model override this;
+        :meth:`removed_params` caches it until the masks change)."""
         ctrl = self.require()
         targets = [t for t in ctrl.targets if t.param is not None]
         if not targets:

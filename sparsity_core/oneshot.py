@@ -73,9 +73,11 @@ def _check(model: nn.Module, targets: Sequence[Target], criterion: Criterion, ba
         raise ValueError(f"criterion {criterion!r} observes {mode!r}: one_shot_prune needs calibration batches")
 
 
-def _gradient_pass(model: nn.Module, targets: Sequence[Target], criterion: Criterion, batches: Iterable,
-                   loss_fn: LossFn) -> int:
-    """``loss_fn(model, batch).backward()`` then ``criterion.observe`` per batch; grads restored."""
+def gradient_pass(model: nn.Module, targets: Sequence[Target], criterion: Criterion, batches: Iterable,
+                  loss_fn: LossFn) -> int:
+    """``loss_fn(model, batch).backward()`` then ``criterion.observe`` per batch (gradient
+    criteria without training: Taylor, Fisher sensitivity); the gradients the model held are
+    restored and weights are not changed. Returns the number of batches."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
     n = 0
@@ -96,7 +98,7 @@ def _gradient_pass(model: nn.Module, targets: Sequence[Target], criterion: Crite
         for p, g in zip(params, saved):
             p.grad = g
     if n == 0:
-        raise ValueError("one_shot_prune got no batches for the gradient pass")
+        raise ValueError("the gradient pass got no batches")
     return n
 
 
@@ -146,7 +148,7 @@ def one_shot_prune(
             activations.calibrate(batches, forward, layer_by_layer=layer_by_layer, on_batch=observe_batch)
         elif crit.observes == "step":
             model.eval()
-            _gradient_pass(model, targets, crit, batches, loss_fn)
+            gradient_pass(model, targets, crit, batches, loss_fn)
         scores = score_targets(crit, targets, ScoreContext(activations=activations))
         masks = select_masks(alloc, targets, scores, budget)
     finally:

@@ -48,7 +48,7 @@ is relabelled). H has G's components at all times, so the answers hold for G as 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from sparsity_core.validation import check_int, check_positive, check_range
 
 from .dygrass_walks import (SlackAdjacency, component_labels, flood_label, lowest_resistance_path, recover_off_tree,
                             spanning_forest, split_label, tree_resistance, walk_resistance)
+from .dygrass_queries import SparsifierQueries
 from .teddy import check_edge_index
 
 
@@ -144,7 +145,7 @@ def grass_sparsifier(edge_index: Tensor, edge_weight: Optional[Tensor] = None, n
     return _pyg(src[keep], dst[keep], w[keep], n)
 
 
-class DynamicSparsifier:
+class DynamicSparsifier(SparsifierQueries):
     """A spectral sparsifier H of a graph G kept up to date under edge insertions and
     deletions (dyGRASS, Han, Feng et al., 2025; see the module docstring for the math).
 
@@ -352,55 +353,6 @@ class DynamicSparsifier:
         self._best = np.full(2 * base, math.inf)
         self._comp = np.concatenate([self._comp, np.full(base - old, -1, dtype=np.int64)])
         self._base = base
-
-    # -- queries ----------------------------------------------------------------------------
-    def _node(self, u: object, what: str) -> int:
-        return check_int(u, what, 0, self.num_nodes - 1)
-
-    def _edges_of(self, graph: object) -> Union[dict, set]:
-        if not isinstance(graph, bool):
-            raise ValueError(f"graph must be a bool (True: ask about G, False: about H), got {graph!r}")
-        return self._weight if graph else self._in_h
-
-    def has_edge(self, u: int, v: int, *, graph: bool = False) -> bool:
-        """Whether the undirected edge ``(u, v)`` is in H (in G with ``graph=True``); a
-        self-loop never is. Raises ``ValueError`` for an id outside ``[0, num_nodes)``."""
-        edges = self._edges_of(graph)
-        u, v = self._node(u, "node id u"), self._node(v, "node id v")
-        return u != v and min(u, v) * self._base + max(u, v) in edges
-
-    def weight(self, u: int, v: int, *, graph: bool = False) -> Optional[float]:
-        """Weight of the edge ``(u, v)`` if it is in H (in G with ``graph=True``), else
-        ``None`` (H keeps G's weights)."""
-        return self._weight[min(u, v) * self._base + max(u, v)] if self.has_edge(u, v, graph=graph) else None
-
-    def contains(self, edge_index: Tensor, *, graph: bool = False) -> Tensor:
-        """Bool tensor ``[E]``: whether each column ``(u, v)`` of ``edge_index`` is an edge of
-        H (of G with ``graph=True``), in either direction; self-loops and repeats are
-        allowed (a self-loop is never an edge). Raises ``ValueError`` for a bad tensor or ids
-        outside ``[0, num_nodes)``."""
-        edges = self._edges_of(graph)
-        if isinstance(edge_index, Tensor) and edge_index.dtype == torch.long and list(edge_index.shape) == [2, 0]:
-            return torch.zeros(0, dtype=torch.bool)
-        check_edge_index(edge_index, self.num_nodes, "edge_index")
-        a, b = edge_index.cpu().numpy()
-        key = (np.minimum(a, b) * self._base + np.maximum(a, b)).tolist()
-        found = np.fromiter((k in edges for k in key), dtype=bool, count=len(key)) & (a != b)
-        return torch.from_numpy(found)
-
-    def connected(self, u: int, v: int) -> bool:
-        """Whether ``u`` and ``v`` are in one connected component of H, which is the same as in
-        G (H keeps G's components); O(1), from labels kept up to date."""
-        u, v = self._node(u, "node id u"), self._node(v, "node id v")
-        return bool(self._comp[u] == self._comp[v])
-
-    def components(self) -> Tensor:
-        """Long tensor ``[num_nodes]``: the component of every node in H (= in G), numbered
-        ``0, 1, …`` in the order of their smallest node id."""
-        _, first, inverse = np.unique(self._comp[:self.num_nodes], return_index=True, return_inverse=True)
-        rank = np.empty(first.size, dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-        return torch.from_numpy(rank[inverse.reshape(-1)])
 
     def insert(self, u: int, v: int, w: float = 1.0) -> bool:
         """Insert one edge; ``True`` if it joined H."""

@@ -207,7 +207,7 @@ class UGS(MaskProgram):
         out["global"] = out.get("weights", out.get("edges", 0.0))
         return out
 
-    def removed_params(self):
+    def _removed_params(self):
         ctrl = self.require()
         weights = [t for t in ctrl.targets if t.module_name != EDGE_MASK_NAME]
         if not weights:

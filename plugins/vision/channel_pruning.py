@@ -132,7 +132,7 @@ class ChannelPruning(MaskProgram):
             report["global"] = 1.0 - cost.cost_of_masks(ctrl.masks)[measure] / cost.dense[measure]
         return report
 
-    def removed_params(self):
+    def _removed_params(self):
         ctrl = self.require()
         cost = getattr(ctrl.allocator, "cost_model", None)
         if cost is None or not ctrl.masks:

@@ -28,6 +28,7 @@ from torch import nn
 from sparsity_core.criteria.base import Criterion, ScoreContext
 from sparsity_core.criteria.magnitude import Magnitude
 from sparsity_core.criteria.taylor import Taylor
+from sparsity_core.oneshot import gradient_pass
 from sparsity_core.registry import CRITERIA
 from sparsity_core.targets import Target
 
@@ -70,26 +71,12 @@ class HeadSensitivity(Taylor):
         model are restored afterwards; weights are not changed.
         """
         targets = [_group(t, self) for t in targets]
-        params = [p for p in model.parameters() if p.requires_grad]
-        saved = [None if p.grad is None else p.grad.clone() for p in params]
         was_training = model.training
         model.eval()
-        n = 0
         try:
-            for batch in batches:
-                for p in params:
-                    p.grad = None
-                loss_fn(model, batch).backward()
-                for t in targets:
-                    self.observe(t, ScoreContext())
-                n += 1
+            return gradient_pass(model, targets, self, batches, loss_fn)
         finally:
-            for p, g in zip(params, saved):
-                p.grad = g
             model.train(was_training)
-        if n == 0:
-            raise ValueError("head sensitivity calibration got no batches")
-        return n
 
     def __repr__(self) -> str:
         return "HeadSensitivity()"
