@@ -153,7 +153,8 @@ class GTSPController:
             mha = isinstance(attn, nn.MultiheadAttention)
             costs.append(LayerCost(layer.gps.channels, int(attn.num_heads) if mha else 0,
                                    int(attn.head_dim) if mha else 0, node, edge,
-                                   [list(s) for s in c["sizes"]], list(c["edges"])))
+                                   [list(s) for s in c["sizes"]], list(c["edges"]),
+                                   getattr(attn, "bucket_slack", None) if mha else None))
         return costs, self._other_counter.report.total / forwards
 
     def _end_calibration(self) -> None:

@@ -12,7 +12,10 @@ It subclasses ``nn.MultiheadAttention`` because PyG's ``GPSConv.forward`` dispat
 ``isinstance(self.attn, torch.nn.MultiheadAttention)``; it accepts the same call
 (``attn(h, h, h, key_padding_mask=..., need_weights=False)``, batch first) and returns
 ``(output, weights or None)``. With all heads removed the output is ``b_o`` (what the gated
-model computes when every head gate is 0).
+model computes when every head gate is 0). Without weights asked for, it runs
+:func:`~.attention_buckets.fused_attention` (PyTorch's fused ``scaled_dot_product_attention``);
+with ``bucket_slack`` set (copied from a :class:`~.attention_buckets.BucketedAttention` it was
+cut from) padded batches of graphs run bucket by bucket as there.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention_buckets import fused_attention, run_in_buckets
 
 def check_supported(mha: nn.Module, where: str) -> None:
     """``ValueError`` unless ``mha`` is a batch-first self-attention GTSP can gate and prune."""
@@ -51,6 +55,7 @@ class PrunedAttention(nn.MultiheadAttention):
         self.bias_k = self.bias_v = None
         self.add_zero_attn = False
         self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        self.bucket_slack: Optional[float] = None
         inner = self.num_heads * self.head_dim
         self.in_proj_weight = nn.Parameter(torch.zeros(3 * inner, self.embed_dim, **kw))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner, **kw)) if bias else None
@@ -81,6 +86,7 @@ class PrunedAttention(nn.MultiheadAttention):
         w_out = mha.out_proj.weight.detach()  # the effective (parametrized) weight
         bias = mha.in_proj_bias is not None
         new = cls(c, len(kept), d, bias=bias, dropout=mha.dropout, device=w_out.device, dtype=w_out.dtype)
+        new.bucket_slack = getattr(mha, "bucket_slack", None)
         rows = [block * c + h * d + i for block in range(3) for h in kept for i in range(d)]
         cols = [h * d + i for h in kept for i in range(d)]
         rows_t = torch.tensor(rows, dtype=torch.long, device=w_out.device)
@@ -98,6 +104,17 @@ class PrunedAttention(nn.MultiheadAttention):
                 is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         if is_causal or (attn_mask is not None and attn_mask.dim() != 2):
             raise ValueError("PrunedAttention supports a 2-D attn_mask and no is_causal (its heads were renumbered)")
+        if (self.bucket_slack is not None and query is key and key is value and not need_weights
+                and attn_mask is None and self.num_heads > 0):
+            out = run_in_buckets(lambda x, mask: fused_attention(self, x, x, x, mask), query, key_padding_mask,
+                                 self.bucket_slack)
+            if out is not None:
+                return out, None
+        return self._attend(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights)
+
+    def _attend(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor],
+                need_weights: bool, attn_mask: Optional[Tensor],
+                average_attn_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         b, lq, _ = query.shape
         s = key.shape[1]
         k, d = self.num_heads, self.head_dim
@@ -106,6 +123,8 @@ class PrunedAttention(nn.MultiheadAttention):
             if self.out_proj.bias is not None:
                 out = out + self.out_proj.bias
             return out, (query.new_zeros(b, lq, s) if need_weights else None)
+        if not need_weights:
+            return fused_attention(self, query, key, value, key_padding_mask, attn_mask), None
         inner = k * d
         w_q, w_k, w_v = self.in_proj_weight.split(inner, 0)
         b_q, b_k, b_v = self.in_proj_bias.split(inner, 0) if self.in_proj_bias is not None else (None,) * 3
@@ -124,8 +143,6 @@ class PrunedAttention(nn.MultiheadAttention):
             weights = F.dropout(weights, self.dropout)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(b, lq, inner)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
-        if not need_weights:
-            return out, None
         return out, (weights.mean(1) if average_attn_weights else weights)
 
     def extra_repr(self) -> str:

@@ -14,7 +14,9 @@ attention layer executes
     F_attn = 2·P·C·3kd (Q, K, V) + 2·2·B·n_max²·kd (scores, weights·V) + 5·B·k·n_max² (softmax, mask)
              + 2·P·kd·C (output)
 
-and its MLP (``C → 2C → C``) ``8·N·C²``. :func:`count_flops` measures a forward pass with
+and its MLP (``C → 2C → C``) ``8·N·C²``. An attention that runs in buckets
+(:mod:`.attention_buckets`, :class:`~.models.GraphGPS`'s default) is counted per bucket
+(``B``, ``n_max`` of each bucket), as it runs. :func:`count_flops` measures a forward pass with
 hooks (exact for the input given); :class:`LayerCost` is the analytic model GTSP's budget
 uses to price candidate removals. Zeros inside weights do not change executed FLOPs:
 ``sparse_total`` (linear maps scaled by their weights' density) is reported separately and
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 from sparsity_core.macs import MacCounter
 
 from ._deps import torch_geometric
+from .attention_buckets import attention_shapes, size_buckets
 
 PARTS = ("attention", "local", "mlp", "scorer", "other")
 
@@ -54,21 +57,29 @@ def _density(t: Tensor) -> float:
     return float((t != 0).sum()) / t.numel() if t.numel() else 0.0
 
 
-def _mha_flops(mod: nn.MultiheadAttention, query: Tensor, key: Tensor) -> tuple:
+_MHA_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal")
+
+
+def _mha_flops(mod: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple:
+    """``(executed FLOPs, FLOPs scaled by weight density)`` of one call ``mod(*args, **kwargs)``:
+    every attention call it runs (one per bucket for a bucketing attention)."""
+    call = dict(zip(_MHA_ARGS, args), **kwargs)
+    call.setdefault("key", call["query"])
+    call.setdefault("value", call["key"])
     heads, d = int(mod.num_heads), int(mod.head_dim)
-    b, lq, c = query.shape if mod.batch_first else (query.shape[1], query.shape[0], query.shape[2])
-    s = key.shape[1] if mod.batch_first else key.shape[0]
-    inner = heads * d
-    proj_q, proj_kv = 2 * b * lq * c * inner, 2 * b * s * c * 2 * inner
-    scores = 4 * b * lq * s * inner + SOFTMAX_FLOPS * b * heads * lq * s
-    out = 2 * b * lq * inner * c
+    inner, c = heads * d, int(mod.embed_dim)
     if inner == 0:
         return 0.0, 0.0
+    proj = scores = out = 0
+    for b, lq, s in attention_shapes(mod, **{k: v for k, v in call.items() if k != "average_attn_weights"}):
+        proj += 2 * b * lq * c * inner + 2 * b * s * c * 2 * inner
+        scores += 4 * b * lq * s * inner + SOFTMAX_FLOPS * b * heads * lq * s
+        out += 2 * b * lq * inner * c
     w_in = mod.in_proj_weight
     dens_in = _density(w_in) if w_in is not None else 1.0
     dens_out = _density(mod.out_proj.weight)
-    total = proj_q + proj_kv + scores + out
-    return float(total), float((proj_q + proj_kv) * dens_in + scores + out * dens_out)
+    return float(proj + scores + out), float(proj * dens_in + scores + out * dens_out)
 
 
 def gps_parts(model: nn.Module) -> Dict[int, str]:
@@ -125,9 +136,7 @@ class FlopsCounter(MacCounter):
 
     def count(self, module: nn.Module, args: tuple, kwargs: dict, output) -> Optional[float]:
         if isinstance(module, nn.MultiheadAttention):
-            query = args[0] if args else kwargs["query"]
-            key = args[1] if len(args) > 1 else kwargs.get("key", query)
-            return _mha_flops(module, query, key)[0]
+            return _mha_flops(module, args, kwargs)[0]
         if isinstance(module, nn.Linear):
             return 2.0 * super().count(module, args, kwargs, output)
         x = args[0] if args else kwargs.get("x")  # message passing
@@ -141,9 +150,7 @@ class FlopsCounter(MacCounter):
         super().record(name, module, flops, args, kwargs, output)
         part = self._part(module)
         if isinstance(module, nn.MultiheadAttention):
-            query = args[0] if args else kwargs["query"]
-            sparse = _mha_flops(module, query, args[1] if len(args) > 1 else kwargs.get("key", query))[1]
-            self.report.add(part, flops, sparse)
+            self.report.add(part, flops, _mha_flops(module, args, kwargs)[1])
             self.calls.append(("attention", 0, flops))
         elif isinstance(module, nn.Linear):
             self.report.add(part, flops, flops * _density(module.weight))
@@ -191,6 +198,7 @@ class LayerCost:
     edge_flops: float = 0.0
     sizes: List[List[int]] = field(default_factory=list)
     edges: List[int] = field(default_factory=list)
+    bucket_slack: Optional[float] = None
 
     def flops(self, open_: bool = True, heads_kept: Optional[int] = None, keep_ratio: float = 1.0,
               scorer: bool = False) -> float:
@@ -201,13 +209,20 @@ class LayerCost:
         total = 0.0
         for sizes, e in zip(self.sizes, self.edges):
             kept = [max(1, math.ceil(n * keep_ratio - 1e-9)) if keep_ratio < 1 else n for n in sizes]
-            n_kept, n_max = sum(kept), max(kept)
             e_kept = e * keep_ratio * keep_ratio
-            total += self.node_flops * n_kept + self.edge_flops * e_kept
-            total += attention_flops(len(sizes), n_max, self.channels, k, self.head_dim)
+            total += self.node_flops * sum(kept) + self.edge_flops * e_kept
+            total += self.attention(kept, k)
             if scorer and keep_ratio < 1:
                 total += 2.0 * sum(sizes) * self.channels
         return total / len(self.sizes)
+
+    def attention(self, sizes: List[int], heads: int) -> float:
+        """Attention FLOPs of one batch of graphs of these sizes: padded to the largest, or
+        per bucket when the layer's attention buckets (``bucket_slack``)."""
+        if self.bucket_slack is None:
+            return attention_flops(len(sizes), max(sizes), self.channels, heads, self.head_dim)
+        return sum(attention_flops(len(run), sizes[run[-1]], self.channels, heads, self.head_dim)
+                   for run in size_buckets(sizes, self.bucket_slack))
 
     def kept_nodes(self, keep_ratio: float) -> float:
         """Mean nodes per calibration batch that a keep ratio ``ρ`` leaves."""
@@ -220,4 +235,4 @@ class LayerCost:
     def state(self) -> dict:
         return {"channels": self.channels, "heads": self.heads, "head_dim": self.head_dim,
                 "node_flops": self.node_flops, "edge_flops": self.edge_flops,
-                "sizes": [list(s) for s in self.sizes], "edges": list(self.edges)}
+                "sizes": [list(s) for s in self.sizes], "edges": list(self.edges), "bucket_slack": self.bucket_slack}

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from sparsity_core.validation import check_int, check_range
 
 from ._deps import torch_geometric
+from .attention_buckets import bucket_attention
 
 
 def sparse_input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -89,10 +90,14 @@ class GIN(nn.Module):
 class GraphGPS(nn.Module):
     """GraphGPS (Rampášek et al., 2022) for graph classification: node/edge embeddings,
     ``layers`` × ``GPSConv`` (GINE local message passing + multi-head attention, batch
-    norm), sum pooling, an MLP head. Called as ``(x, edge_index, batch, edge_attr)``."""
+    norm), sum pooling, an MLP head. Called as ``(x, edge_index, batch, edge_attr)``.
+
+    ``bucket_slack``: attention runs per bucket of similarly sized graphs, each padded to its
+    own largest graph within that slack (:mod:`.attention_buckets`), instead of padding the
+    whole batch to its largest graph; ``None`` keeps ``GPSConv``'s single padded call."""
 
     def __init__(self, node_features: int, edge_features: int, num_classes: int, channels: int = 64,
-                 layers: int = 3, heads: int = 4) -> None:
+                 layers: int = 3, heads: int = 4, bucket_slack: Optional[float] = 0.25) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
@@ -103,6 +108,8 @@ class GraphGPS(nn.Module):
             nn_.GPSConv(c, nn_.GINEConv(nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))), heads=heads)
             for _ in range(layers)])
         self.head = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, num_classes))
+        if bucket_slack is not None:
+            bucket_attention(self, bucket_slack)
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, edge_attr: Optional[Tensor] = None) -> Tensor:
         if edge_attr is None:

@@ -14,6 +14,7 @@ from torch_geometric.nn import GINConv, GINEConv, GPSConv, global_add_pool  # no
 
 from sparsity_core import SparsityCallback  # noqa: E402
 from sparsity_core.schedules import Cubic, Linear  # noqa: E402
+from sparsity_plugins.graph.attention_buckets import bucket_attention  # noqa: E402
 from sparsity_plugins.graph.gtsp import GTSPConfig, GTSPController  # noqa: E402
 from sparsity_plugins.graph.gtsp_attention import PrunedAttention  # noqa: E402
 from sparsity_plugins.graph.gtsp_flops import LayerCost, attention_flops, count_flops  # noqa: E402
@@ -209,10 +210,13 @@ PLANS = {
 }
 
 
+@pytest.mark.parametrize("slack", [None, 0.0], ids=["padded", "bucketed"])
 @pytest.mark.parametrize("kind", sorted(PLANS))
-def test_finalized_model_equals_the_gated_model_and_executes_fewer_flops(kind):
+def test_finalized_model_equals_the_gated_model_and_executes_fewer_flops(kind, slack):
     torch.manual_seed(0)
     model = TinyGPS()
+    if slack is not None:
+        assert bucket_attention(model, slack) == 2
     data = inputs(graphs())
     dense = count_flops(model.eval(), *data).total
     ctrl = GTSPController(model, GTSPConfig(flops=0.2))
@@ -235,6 +239,7 @@ def test_finalized_model_equals_the_gated_model_and_executes_fewer_flops(kind):
         assert isinstance(conv, PrunedGPSLayer) and (conv.token_scorer is not None) == (ratio < 1)
         assert conv.gps.attn.num_heads == sum(keep)
         assert isinstance(conv.gps.attn, PrunedAttention) == (not all(keep))
+        assert getattr(conv.gps.attn, "bucket_slack", None) == slack
     assert count_flops(model, *data).total < dense
 
 
