@@ -20,6 +20,8 @@ are the steps the training-time controller performs too.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Union
 
@@ -28,6 +30,7 @@ from torch import nn
 
 from .allocators.base import Allocator
 from .allocators.budget import Budget
+from .allocators.probes import loss_probe
 from .criteria.base import Criterion, ScoreContext
 from .masks import MaskSet, apply_mask_
 from .observe import ActivationObserver, Forward
@@ -102,6 +105,19 @@ def gradient_pass(model: nn.Module, targets: Sequence[Target], criterion: Criter
     return n
 
 
+def _with_probe(alloc: Allocator, model: nn.Module, batches: Optional[Iterable], loss_fn: Optional[LossFn]):
+    """An allocator that measures the model (``needs_probe``: ECoFLaP, search) and was built
+    without a probe gets one over the calibration batches and ``loss_fn`` (a copy: the
+    caller's object is not changed)."""
+    if not getattr(alloc, "needs_probe", False) or loss_fn is None or batches is None:
+        return alloc
+    if getattr(alloc, "probe", None) is not None or getattr(alloc, "evaluate", None) is not None:
+        return alloc
+    alloc = copy.copy(alloc)
+    alloc.probe = loss_probe(model, batches, loss_fn)
+    return alloc
+
+
 def one_shot_prune(
     model: nn.Module,
     targets: Sequence[Target],
@@ -125,7 +141,9 @@ def one_shot_prune(
         forward: ``forward(model, batch)`` for calibration; default ``model(*batch)`` for a
             tuple, else ``model(batch)``.
         layer_by_layer: observe one module at a time (one pass over ``batches`` per module).
-        loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria (``observes="step"``).
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria (``observes="step"``);
+            allocators that measure the model (``"ecoflap"``, ``"search"``, ``"random_search"``)
+            built without a probe get one from it over ``batches``.
         gram: also accumulate ``XᵀX`` per module (float64).
         activations: precomputed input statistics (an ``ActivationObserver``); skips the pass.
         apply: zero the pruned weights (default); ``False`` only computes the masks.
@@ -150,7 +168,7 @@ def one_shot_prune(
             model.eval()
             gradient_pass(model, targets, crit, batches, loss_fn)
         scores = score_targets(crit, targets, ScoreContext(activations=activations))
-        masks = select_masks(alloc, targets, scores, budget)
+        masks = select_masks(_with_probe(alloc, model, batches, loss_fn), targets, scores, budget)
     finally:
         model.train(was_training)
     if apply:

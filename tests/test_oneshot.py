@@ -183,3 +183,23 @@ def test_apply_false_only_computes_masks():
     result = one_shot_prune(model, targets, None, 0.5, apply=False)
     assert unchanged(model, before)
     assert result.masks["0.weight"].tolist() == [[False, True], [False, True]]
+
+
+@pytest.mark.parametrize("name", ["ecoflap", "search", "random_search"])
+def test_allocators_that_measure_the_model_get_a_probe_from_loss_fn_by_name(name):
+    torch.manual_seed(0)
+    model, targets = two_linears()
+    batches = [(torch.randn(8, 2), torch.randn(8, 1)) for _ in range(2)]
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        x, y = batch
+        return ((m(x) - y) ** 2).mean()
+
+    result = one_shot_prune(model, targets, batches, 0.5, allocator=name, loss_fn=loss_fn)
+    assert calls  # the probe ran the calibration loss
+    kept = sum(int(result.masks[t.name].sum()) for t in targets)
+    assert kept == 3  # floor((1 - 0.5) * 6 weights)
+    with pytest.raises(ValueError, match="probe"):
+        one_shot_prune(*two_linears(), batches, 0.5, allocator=name)
