@@ -87,10 +87,14 @@ class MaskProgram(Program):
         self.controller = SparsityController(
             targets, schedule=self.schedule, criterion=self.criterion, allocator=self.make_allocator(targets),
             enforcement=self.enforcement, update_every=self.update_every, measure=self.measure, model=host.model)
-        if self.criterion.uses_activations:  # e.g. wanda while training: observe the training forwards
+        allocator = self.controller.allocator
+        wants = getattr(allocator, "uses_activations", False) and getattr(allocator, "activations", None) is None
+        if self.criterion.uses_activations or wants:  # e.g. wanda, OWL while training: observe the forwards
             observer = ActivationObserver(host.model, targets)
             observer.install()
             self.controller.activations = observer
+            if wants:  # the program's allocator reads the statistics since the last update
+                allocator.activations = observer
         self.host = host
 
     def bind(self, host: Host) -> None:

@@ -105,16 +105,28 @@ def gradient_pass(model: nn.Module, targets: Sequence[Target], criterion: Criter
     return n
 
 
-def _with_probe(alloc: Allocator, model: nn.Module, batches: Optional[Iterable], loss_fn: Optional[LossFn]):
-    """An allocator that measures the model (``needs_probe``: ECoFLaP, search) and was built
-    without a probe gets one over the calibration batches and ``loss_fn`` (a copy: the
-    caller's object is not changed)."""
-    if not getattr(alloc, "needs_probe", False) or loss_fn is None or batches is None:
-        return alloc
-    if getattr(alloc, "probe", None) is not None or getattr(alloc, "evaluate", None) is not None:
+def _wants_activations(alloc: Allocator) -> bool:
+    """An allocator that reads input statistics (``uses_activations``: OWL, knapsack) and was
+    built without them."""
+    return getattr(alloc, "uses_activations", False) and getattr(alloc, "activations", None) is None
+
+
+def _bind_allocator(alloc: Allocator, model: nn.Module, batches: Optional[Iterable], loss_fn: Optional[LossFn],
+                    activations: Optional[Mapping[str, Any]]) -> Allocator:
+    """A copy of ``alloc`` (the caller's object is not changed) given what it measures with
+    and was built without: the calibration statistics (``uses_activations``: OWL, knapsack)
+    and a probe over the calibration batches and ``loss_fn`` (``needs_probe``: ECoFLaP,
+    search)."""
+    probe = (getattr(alloc, "needs_probe", False) and loss_fn is not None and batches is not None
+             and getattr(alloc, "probe", None) is None and getattr(alloc, "evaluate", None) is None)
+    stats = _wants_activations(alloc) and activations is not None
+    if not (probe or stats):
         return alloc
     alloc = copy.copy(alloc)
-    alloc.probe = loss_probe(model, batches, loss_fn)
+    if probe:
+        alloc.probe = loss_probe(model, batches, loss_fn)
+    if stats:
+        alloc.activations = activations
     return alloc
 
 
@@ -143,7 +155,8 @@ def one_shot_prune(
         layer_by_layer: observe one module at a time (one pass over ``batches`` per module).
         loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria (``observes="step"``);
             allocators that measure the model (``"ecoflap"``, ``"search"``, ``"random_search"``)
-            built without a probe get one from it over ``batches``.
+            built without a probe get one from it over ``batches``; allocators that read input
+            statistics (``"owl"``, ``"knapsack"``) get the calibration pass's.
         gram: also accumulate ``XᵀX`` per module (float64).
         activations: precomputed input statistics (an ``ActivationObserver``); skips the pass.
         apply: zero the pruned weights (default); ``False`` only computes the masks.
@@ -155,7 +168,8 @@ def one_shot_prune(
     _check(model, targets, crit, batches, forward, loss_fn, apply, activations is not None)
     was_training = model.training
     try:
-        if crit.observes in ("calibration", "forward") and activations is None:
+        observe = crit.observes in ("calibration", "forward") or (_wants_activations(alloc) and batches is not None)
+        if observe and activations is None:
             activations = ActivationObserver(model, targets, gram=gram)
 
             def observe_batch(batch: Any) -> None:
@@ -168,7 +182,7 @@ def one_shot_prune(
             model.eval()
             gradient_pass(model, targets, crit, batches, loss_fn)
         scores = score_targets(crit, targets, ScoreContext(activations=activations))
-        masks = select_masks(_with_probe(alloc, model, batches, loss_fn), targets, scores, budget)
+        masks = select_masks(_bind_allocator(alloc, model, batches, loss_fn, activations), targets, scores, budget)
     finally:
         model.train(was_training)
     if apply:

@@ -203,3 +203,38 @@ def test_allocators_that_measure_the_model_get_a_probe_from_loss_fn_by_name(name
     assert kept == 3  # floor((1 - 0.5) * 6 weights)
     with pytest.raises(ValueError, match="probe"):
         one_shot_prune(*two_linears(), batches, 0.5, allocator=name)
+
+
+def test_allocators_that_read_input_statistics_get_the_calibration_pass():
+    from sparsity_core.allocators import OWL
+    from sparsity_core.observe import ActivationObserver
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    targets = [Target(f"{i}.weight", param=model[i].weight, module_name=str(i)) for i in (0, 2)]
+    outlier_feature = torch.cat([torch.full((15,), 0.1), torch.tensor([20.0])])  # layer 0 sees one huge input
+    batches = [torch.randn(32, 16) * outlier_feature for _ in range(3)]
+    observer = ActivationObserver(model, targets)
+    observer.calibrate(batches)
+    owl = OWL(lam=0.2, m=2.0)
+    by_name = one_shot_prune(model, targets, batches, 0.6, criterion="magnitude", allocator=owl, apply=False)
+    assert owl.activations is None  # the caller's allocator is not changed
+    explicit = one_shot_prune(model, targets, None, 0.6, criterion="magnitude",
+                              allocator=OWL(lam=0.2, m=2.0, activations=observer), apply=False)
+    for t in targets:
+        assert torch.equal(by_name.masks[t.name], explicit.masks[t.name])
+    # without calibration batches OWL reads outliers of the magnitude scores: another allocation
+    from_scores = one_shot_prune(model, targets, None, 0.6, criterion="magnitude", allocator=OWL(lam=0.2, m=2.0),
+                                 apply=False)
+    assert any(not torch.equal(by_name.masks[t.name], from_scores.masks[t.name]) for t in targets)
+
+
+def test_a_weight_program_binds_its_observer_to_an_allocator_that_reads_statistics():
+    from sparsity_core import Host, WeightSparsity
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    program = WeightSparsity(schedule=0.5, criterion="magnitude", allocator="owl")
+    program.attach(Host(model))
+    observer = program.controller.activations
+    assert observer is not None and program.controller.allocator.activations is observer
+    program.detach()
