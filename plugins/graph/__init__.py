@@ -4,7 +4,9 @@
 (``pip install 'sparsity-suite[graph]'``). TEDDY degree-based edge sparsification
 (:mod:`.teddy`), graph lottery tickets (:mod:`.ugs`, the :class:`UGS` program), spectral
 quality (:mod:`.spectral`), the dyGRASS dynamic spectral sparsifier (:mod:`.dygrass`), GTSP
-graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` program),
+graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` program) with
+attention run in buckets of similarly sized graphs (:mod:`.attention_buckets`),
+neighbour-sampled mini-batches for large graphs with or without pyg-lib (:mod:`.sampling`),
 reference models and offline data loaders.
 """
 from __future__ import annotations
@@ -24,7 +26,10 @@ _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy
             "GTSPPlan": "gtsp_plan", "count_flops": "gtsp_flops", "attention_flops": "gtsp_flops",
             "FlopsReport": "gtsp_flops", "LayerCost": "gtsp_flops", "PrunedAttention": "gtsp_attention",
             "GTSPLayer": "gtsp_gates", "HeadGate": "gtsp_gates", "PrunedGPSLayer": "gtsp_gates",
-            "SkipLayer": "gtsp_gates", "topk_per_graph": "gtsp_tokens", "induced_subgraph": "gtsp_tokens"}
+            "SkipLayer": "gtsp_gates", "topk_per_graph": "gtsp_tokens", "induced_subgraph": "gtsp_tokens",
+            "neighbor_loader": "sampling", "UniformNeighborSampler": "sampling", "sampler_backend": "sampling",
+            "BucketedAttention": "attention_buckets", "bucket_attention": "attention_buckets",
+            "size_buckets": "attention_buckets"}
 
 __all__ = sorted(_EXPORTS) + ["register"]
 

@@ -26,7 +26,6 @@ from sparsity_core.validation import check_positive, check_sparsity
 from ._deps import torch_geometric
 
 BaseTransform = torch_geometric("transforms").BaseTransform
-is_undirected = torch_geometric("utils").is_undirected
 HeteroData = torch_geometric("data").HeteroData
 
 
@@ -88,31 +87,41 @@ def undirected_key(edge_index: Tensor, num_nodes: int) -> Tensor:
     return lo * num_nodes + hi
 
 
+def _pairs(edge_index: Tensor, num_nodes: int) -> Tuple[int, Tensor, bool]:
+    """Number of unordered pairs, each edge's pair, and whether the graph is undirected (every
+    pair has as many (i, j) as (j, i) edges: ``is_undirected``'s multiset test, one sort)."""
+    uniq, inverse = torch.unique(undirected_key(edge_index, num_nodes), return_inverse=True)
+    sign = (edge_index[0] < edge_index[1]).to(torch.long) - (edge_index[0] > edge_index[1]).to(torch.long)
+    balance = torch.zeros(uniq.numel(), dtype=torch.long).index_add_(0, inverse, sign)
+    return uniq.numel(), inverse, not bool(balance.any())
+
+
 def teddy_mask(edge_index: Tensor, sparsity: float, num_nodes: Union[int, Tuple[int, int], None] = None,
-               undirected: bool = False) -> Tensor:
+               undirected: Optional[bool] = False) -> Tensor:
     """Boolean mask over edges removing the fraction ``sparsity`` of the non-self-loop edges (it
     keeps ``⌊(1 − sparsity) · E⌋`` of them, the suite's rounding rule) with the
     highest TEDDY scores, and every self-loop. With ``undirected=True`` the budget counts
     undirected edges, both directions share their fate, and a directed ``edge_index``
-    raises ``ValueError``. Ties are broken by edge order."""
+    raises ``ValueError``; ``undirected=None`` does that when the graph (on one node set) is
+    undirected. Ties are broken by edge order."""
     check_sparsity(sparsity)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
     scores = teddy_edge_scores(edge_index, num_nodes)
     loop = torch.isinf(scores)
-    if undirected:
-        if not isinstance(num_nodes, int):
-            raise ValueError("undirected=True needs one node set (num_nodes an int)")
-        if not is_undirected(edge_index, num_nodes=num_nodes):
+    if undirected and not isinstance(num_nodes, int):
+        raise ValueError("undirected=True needs one node set (num_nodes an int)")
+    if undirected or (undirected is None and isinstance(num_nodes, int)):
+        num_pairs, inverse, symmetric = _pairs(edge_index, num_nodes)
+        if undirected and not symmetric:
             raise ValueError("edge_index is directed but undirected=True: every edge (i, j) needs its (j, i); "
                              "use torch_geometric.utils.to_undirected or undirected=False")
-        key = undirected_key(edge_index, num_nodes)
-        uniq, inverse = torch.unique(key, return_inverse=True)
-        pair_score = torch.full((uniq.numel(),), -math.inf, dtype=torch.float64).scatter_reduce(
-            0, inverse, scores, reduce="amax")
-        pair_loop = torch.zeros(uniq.numel(), dtype=torch.bool).scatter_reduce(0, inverse, loop, reduce="amax")
-        keep_pair = _top(pair_score, pair_loop, sparsity)
-        return keep_pair[inverse]
+        if symmetric:
+            pair_score = torch.full((num_pairs,), -math.inf, dtype=torch.float64).scatter_reduce(
+                0, inverse, scores, reduce="amax")
+            pair_loop = torch.zeros(num_pairs, dtype=torch.bool).scatter_reduce(0, inverse, loop, reduce="amax")
+            keep_pair = _top(pair_score, pair_loop, sparsity)
+            return keep_pair[inverse]
     return _top(scores, loop, sparsity)
 
 
@@ -158,10 +167,7 @@ class TEDDY(BaseTransform):
                 continue
             key = store._key if hetero else None
             n = _edge_store_num_nodes(data, store) if hetero else data.num_nodes
-            undirected = self.undirected
-            if undirected is None:
-                undirected = isinstance(n, int) and is_undirected(store.edge_index, num_nodes=n)
-            masks[key] = teddy_mask(store.edge_index, self.sparsity, n, undirected=bool(undirected))
+            masks[key] = teddy_mask(store.edge_index, self.sparsity, n, undirected=self.undirected)
         if hetero:
             data = data.edge_subgraph({k: m for k, m in masks.items()})
         else:
