@@ -1,0 +1,50 @@
+"""The multi-task recipe through the sweep: its YAML checks out, and a tiny grid runs on MNIST."""
+import copy
+from pathlib import Path
+
+import pytest
+
+from sparsity_core.sweep import SweepConfigError, load_config, run_sweep
+from sparsity_core.sweep.config import read_yaml
+
+from ..shared_data import SHARED_DATA
+
+pytest.importorskip("pytorch_lightning")
+pytest.importorskip("torchvision", reason="the recipe reads MNIST with torchvision (vision extra)")
+YAML = Path(__file__).resolve().parents[2] / "recipes" / "multitask_pruning.yaml"
+
+
+def test_the_yaml_and_its_quick_grid_are_valid():
+    full, quick = load_config(YAML), load_config(YAML, quick=True)
+    assert len(full.runs()) == 72 and len(quick.runs()) == 16
+    assert ("digit", "parity", "ge5") in quick.task_sets and quick.output.name == "multitask_pruning_quick"
+
+
+def test_bad_params_are_refused_before_any_run(tmp_path):
+    raw = read_yaml(YAML)
+    raw["params"]["model"]["widht"] = 8
+    raw["params"]["trainer"]["callbacks"] = []
+    raw["grid"]["tasks"] = ["digit+rotation"]
+    with pytest.raises(SweepConfigError) as info:
+        load_config(raw, base_dir=YAML.parent)
+    text = str(info.value)
+    assert "unknown parameter 'widht'. Did you mean 'width'?" in text
+    assert "params.trainer.callbacks is set by the recipe" in text
+    assert "unknown task 'rotation'" in text and "Valid: digit, parity, ge5." in text
+
+
+@pytest.mark.skipif(not SHARED_DATA, reason="MNIST (../shared/data/mnist) is not available")
+def test_a_tiny_grid_runs_on_mnist(tmp_path):
+    raw = copy.deepcopy(read_yaml(YAML))
+    raw.pop("quick")
+    raw.update(output=str(tmp_path / "out"), grid={"methods": ["gmp_global"], "sparsity": [0.5], "seed": [0],
+                                                   "tasks": ["digit+parity"]})
+    raw["params"] = {"model": {"width": 4, "hidden": 16}, "data": {"root": SHARED_DATA, "train_subset": 256,
+                                                                   "test_subset": 200, "batch_size": 64},
+                     "trainer": {"max_epochs": 1}}
+    result = run_sweep(load_config(raw, base_dir=YAML.parent), workers=0, progress="none", plots=False)
+    (rec,) = result.records.values()
+    assert rec["status"] == "ok", rec["error"]
+    assert set(rec["metrics"]) >= {"acc/digit", "acc/parity", "loss/digit", "sparsity"}
+    assert rec["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01) and rec["metrics"]["steps"] == 4
+    assert "### acc — task set `digit+parity`, task `parity`" in result.table
