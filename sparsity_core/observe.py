@@ -7,7 +7,9 @@ module's input ``X`` and accumulate, per module:
   every row ``r`` seen (Wanda's statistic; Sun et al., 2023, "A Simple and Effective
   Pruning Approach for Large Language Models", https://arxiv.org/abs/2306.11695);
 - ``rows``: the number of rows seen;
-- optionally ``gram = XᵀX`` (float64), the Hessian proxy of OBS/SparseGPT-style methods.
+- optionally ``gram = XᵀX`` (float64), the Hessian proxy of OBS/SparseGPT-style methods;
+- optionally ``sum[j] = Σ_r X_rj`` (``means=True``): per-feature means and variances
+  (:meth:`InputStats.means`, :meth:`InputStats.variances`; DSnoT's ``E[X_j]``, ``Var[X_j]``).
 
 A *row* is one input vector of the layer: for ``nn.Linear`` (and any module that is not a
 convolution) the last dimension is the feature and every other index is a row (batch ×
@@ -50,15 +52,28 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
 
 @dataclass
 class InputStats:
-    """Raw sums of one module's inputs: ``sq_sum`` (Σx² per feature), ``rows``, ``gram`` (XᵀX)."""
+    """Raw sums of one module's inputs: ``sq_sum`` (Σx² per feature), ``rows``, ``gram`` (XᵀX),
+    ``sum`` (Σx per feature, when tracked)."""
 
     sq_sum: torch.Tensor
     rows: int = 0
     gram: Optional[torch.Tensor] = None
+    sum: Optional[torch.Tensor] = None
 
     def norms(self, mean: bool = False) -> torch.Tensor:
         """‖X_j‖₂ per feature; with ``mean`` the root mean square ``(Σx²/rows)^½``."""
         return (self.sq_sum / max(self.rows, 1)).sqrt() if mean else self.sq_sum.sqrt()
+
+    def means(self) -> torch.Tensor:
+        """``E[X_j] = Σx/rows`` per feature (needs ``sum``: observe with ``means=True``)."""
+        if self.sum is None:
+            raise ValueError("these input statistics have no per-feature sums: observe with means=True")
+        return self.sum / max(self.rows, 1)
+
+    def variances(self) -> torch.Tensor:
+        """Population variance ``E[X_j²] − E[X_j]²`` per feature (clamped at 0)."""
+        mean = self.means()
+        return (self.sq_sum / max(self.rows, 1) - mean * mean).clamp_min(0.0)
 
     def add(self, rows: torch.Tensor) -> None:
         """Accumulate a ``[rows, features]`` block."""
@@ -69,18 +84,23 @@ class InputStats:
         self.rows += x.shape[0]
         if self.gram is not None:
             self.gram += x.T @ x
+        if self.sum is not None:
+            self.sum += x.sum(dim=0)
 
     def state_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"sq_sum": self.sq_sum.cpu().clone(), "rows": self.rows}
         if self.gram is not None:
             out["gram"] = self.gram.cpu().clone()
+        if self.sum is not None:
+            out["sum"] = self.sum.cpu().clone()
         return out
 
     @classmethod
     def from_state(cls, state: Mapping) -> "InputStats":
-        gram = state.get("gram")
+        gram, total = state.get("gram"), state.get("sum")
         return cls(state["sq_sum"].to(torch.float64).clone(), int(state["rows"]),
-                   None if gram is None else gram.to(torch.float64).clone())
+                   None if gram is None else gram.to(torch.float64).clone(),
+                   None if total is None else total.to(torch.float64).clone())
 
 
 def _feature_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -105,10 +125,11 @@ class ActivationObserver(Mapping):
     one module share it); only modules that have seen an input are present.
     """
 
-    def __init__(self, model: nn.Module, targets: Sequence[Target], gram: bool = False) -> None:
+    def __init__(self, model: nn.Module, targets: Sequence[Target], gram: bool = False, means: bool = False) -> None:
         modules = dict(model.named_modules())
         self.model = model
         self.gram = bool(gram)
+        self.means = bool(means)
         self.module_of: Dict[str, str] = {}
         for t in targets:
             owner = modules.get(t.module_name)
@@ -145,7 +166,8 @@ class ActivationObserver(Mapping):
             if name not in self.stats:
                 n = rows.shape[1]
                 gram = torch.zeros(n, n, dtype=torch.float64, device=x.device) if self.gram else None
-                self.stats[name] = InputStats(torch.zeros(n, dtype=torch.float64, device=x.device), 0, gram)
+                total = torch.zeros(n, dtype=torch.float64, device=x.device) if self.means else None
+                self.stats[name] = InputStats(torch.zeros(n, dtype=torch.float64, device=x.device), 0, gram, total)
             try:
                 self.stats[name].add(rows)
             except ValueError as err:
@@ -261,13 +283,14 @@ class ActivationObserver(Mapping):
             raise ValueError(f"observer state has statistics of modules this observer does not watch: {unknown[:5]}")
         self.gram = bool(state.get("gram", False))
         self.stats = {m: InputStats.from_state(s) for m, s in state["stats"].items()}
+        self.means = any(s.sum is not None for s in self.stats.values())
 
     def reduce(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace every raw sum by ``fn(sums)``, called once on one flat float64 vector.
 
         Pass a cross-rank SUM all-reduce (e.g. ``lambda t: sync.all_reduce_mean(t) * world``)
         to get the statistics of all ranks' batches; every rank must have observed the same
-        modules with the same ``gram`` setting.
+        modules with the same ``gram`` and ``means`` settings.
         """
         names = sorted(self.stats)
         parts: List[torch.Tensor] = []
@@ -276,6 +299,8 @@ class ActivationObserver(Mapping):
             parts += [s.sq_sum.reshape(-1), torch.tensor([float(s.rows)], dtype=torch.float64, device=s.sq_sum.device)]
             if s.gram is not None:
                 parts.append(s.gram.reshape(-1))
+            if s.sum is not None:
+                parts.append(s.sum.reshape(-1))
         if not parts:
             return
         flat = fn(torch.cat(parts))
@@ -289,11 +314,14 @@ class ActivationObserver(Mapping):
             if s.gram is not None:
                 s.gram = flat[offset: offset + k * k].reshape(k, k).clone()
                 offset += k * k
+            if s.sum is not None:
+                s.sum = flat[offset: offset + k].clone()
+                offset += k
 
 
 def observe(model: nn.Module, targets: Sequence[Target], batches: Iterable, forward: Optional[Forward] = None,
-            gram: bool = False, layer_by_layer: bool = False) -> ActivationObserver:
-    """An :class:`ActivationObserver` filled from ``batches``."""
-    observer = ActivationObserver(model, targets, gram=gram)
+            gram: bool = False, layer_by_layer: bool = False, means: bool = False) -> ActivationObserver:
+    """An :class:`ActivationObserver` filled from ``batches`` (``means``: also Σx per feature)."""
+    observer = ActivationObserver(model, targets, gram=gram, means=means)
     observer.calibrate(batches, forward, layer_by_layer=layer_by_layer)
     return observer
