@@ -15,11 +15,12 @@ from .._lazy import lazy_getattr
 _EXPORTS = {
     "ChannelPruning": "channel_pruning",
     "discover_channel_groups": "groups", "ChannelGroup": "groups", "ChannelGroups": "groups",
-    "GroupTraceError": "tracing",
+    "GroupTraceError": "tracing", "GraphTimeLimitError": "tracing",
     "GroupMask": "enforcement", "MaskSparsity": "enforcement", "GroupEnvelope": "enforcement",
     "BNScale": "criteria", "HeadSensitivity": "criteria",
     "ChannelCost": "budget", "ChannelBudget": "budget", "channel_budget": "budget",
     "remove_channels": "removal", "PruningRecord": "removal", "pruning_record": "removal",
+    "find_pruning_record": "removal", "RemovalError": "removal",
     "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
     "prune_channels": "oneshot", "SparseWide": "sparse_ift", "IsoFlopAllocator": "sparse_ift",
     "pruning_report": "report", "format_report": "report", "measure_latency": "latency",

@@ -12,6 +12,11 @@ schedule, and the enforcement keeps the masked network equal to the pruned one. 
 ``finalize`` (end of fit with ``finalize=True``, or earlier through
 :meth:`ChannelPruning.remove_now`) the pruned channels are physically removed and the
 optimizers are rebound with their moments, so a run can go on fine-tuning the smaller model.
+With ``remove_after_ramp=True`` the removal happens at the schedule's ``end_step`` (the end of
+the pruning ramp), so the fine-tuning that follows trains the smaller model.
+
+If the removal fails, the model, its hooks and the optimizers are put back in place (the
+zeroing done for the removal included) and the masks go on acting.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from sparsity_core.enforcement.base import Enforcement
 from sparsity_core.mask_program import MaskProgram, ScheduleSpec
 from sparsity_core.program import Host
 from sparsity_core.registry import PROGRAMS
+from sparsity_core.schedules.function import FunctionSchedule
 from sparsity_core.targets import Target
 from sparsity_core.validation import check_int
 
@@ -31,7 +37,23 @@ from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import ChannelBudget, channel_budget
 from .enforcement import GroupMask
 from .groups import ChannelGroups, discover_channel_groups
-from .removal import PruningRecord, pruning_record, remove_channels
+from .removal import PruningRecord, find_pruning_record, remove_channels
+from .snapshot import ModelSnapshot
+from .tracing import DEFAULT_GRAPH_TIME_LIMIT
+
+
+#: mask update interval for a schedule without a known end (a function of the step)
+UPDATE_EVERY_WITHOUT_END = 100
+
+
+def default_update_every(schedule: Any) -> int:
+    """A tenth of the schedule's ramp (``end_step - start_step``), at least 1: about ten mask
+    updates per ramp (a 157-step ramp updates every 16 steps). A function schedule has no
+    known end: every :data:`UPDATE_EVERY_WITHOUT_END` steps."""
+    if isinstance(schedule, FunctionSchedule):
+        return UPDATE_EVERY_WITHOUT_END
+    start, end = getattr(schedule, "start_step", 0), getattr(schedule, "end_step", 0)
+    return max(1, int(round((end - start) / 10)))
 
 
 @PROGRAMS.register("channels")
@@ -44,8 +66,10 @@ class ChannelPruning(MaskProgram):
         criterion: ``"group_l2"`` (default: mean-normalised group L2), ``"group_l1"``, any core
             criterion (``"magnitude"``, ``"l2"``, ``"taylor"``, ``"movement"``, ``"random"``),
             ``"bn_scale"``, ``"head_sensitivity"`` or a :class:`Criterion`.
-        allocator: ``"global"`` (rank units of all groups together) or ``"uniform"`` (the
-            same ratio in every group), or an :class:`Allocator` (its floors apply).
+        allocator: ``"global"`` (default: rank units of all groups together) or
+            ``"uniform"`` (the same ratio in every group), or an :class:`Allocator` (its floors
+            apply). :func:`~sparsity_plugins.vision.prune_channels` defaults to ``"uniform"``
+            (one-shot, no fine-tuning; see :mod:`~sparsity_plugins.vision.oneshot`).
         enforcement: ``"group"`` (zeroed during training), ``"mask_sparsity"``,
             ``"group_envelope"`` or an :class:`Enforcement`.
         measure: ``"units"`` (channel/head ratio), ``"params"`` or ``"macs"``; parameter and
@@ -54,9 +78,17 @@ class ChannelPruning(MaskProgram):
         exclude: regular expressions of module names never pruned (the classifier never is).
         prune_heads, prune_embed_dim: see :func:`discover_channel_groups`.
         finalize: physically remove the pruned channels at the end of fit.
-        allow_repruning: prune a model that an earlier run already pruned; budgets then
-            count from the current (smaller) model and the kept-index records compose.
-        update_every: recompute masks every this many optimizer steps within the schedule.
+        allow_repruning: prune a model that an earlier run already pruned (a pruning record
+            anywhere in its module tree); budgets then count from the current (smaller)
+            model and the kept-index records compose.
+        update_every: recompute masks every this many optimizer steps within the schedule;
+            default (``None``): a tenth of the schedule's ramp (``end_step - start_step``),
+            at least 1, so a ramp gets about ten mask updates whatever its length (a
+            function schedule, which has no known end: every 100 steps).
+        remove_after_ramp: physically remove the pruned channels as soon as the schedule
+            reaches its ``end_step`` (before the fine-tuning that follows), instead of at the
+            end of fit.
+        graph_time_limit, check_control_flow, probe: see :func:`discover_channel_groups`.
     """
 
     name = "channels"
@@ -65,14 +97,24 @@ class ChannelPruning(MaskProgram):
                  allocator: Union[str, Allocator] = "global", enforcement: Union[str, Enforcement] = "group",
                  measure: str = "macs", round_to: int = 8, exclude: Patterns = None, prune_heads: bool = True,
                  prune_embed_dim: bool = False, finalize: bool = True, allow_repruning: bool = False,
-                 update_every: int = 100, name: Optional[str] = None) -> None:
+                 update_every: Optional[int] = None, name: Optional[str] = None, remove_after_ramp: bool = False,
+                 graph_time_limit: Optional[float] = DEFAULT_GRAPH_TIME_LIMIT, check_control_flow: bool = True,
+                 probe: bool = True) -> None:
         super().__init__(schedule=schedule, criterion=criterion, allocator=allocator, enforcement=enforcement,
-                         update_every=update_every, measure=measure, finalize=finalize, name=name)
+                         update_every=1 if update_every is None else update_every, measure=measure,
+                         finalize=finalize, name=name)
+        if update_every is None:  # (a subclass that replaces the schedule later sets update_every too)
+            self.update_every = default_update_every(self.schedule)
+        self.remove_after_ramp = bool(remove_after_ramp)
+        if self.remove_after_ramp and isinstance(self.schedule, FunctionSchedule):
+            raise ValueError("remove_after_ramp needs a schedule with a known end_step; a function schedule has none "
+                             "(call remove_now() when the pruning phase is over instead)")
+        self.graph_time_limit, self.check_control_flow, self.probe = graph_time_limit, check_control_flow, probe
         if not isinstance(self.enforcement, GroupMask):
             raise TypeError(f"ChannelPruning needs a channel-group enforcement (group, mask_sparsity, group_envelope); "
                             f"got {self.enforcement!r}")
         self.round_to = check_int(round_to, "round_to", minimum=1)
-        as_patterns(exclude, "exclude")
+        as_patterns(exclude, "exclude")  # a clear error naming exclude= for an invalid regex
         self.exclude = tuple([exclude] if isinstance(exclude, str) else (exclude or ()))
         self.prune_heads, self.prune_embed_dim = prune_heads, prune_embed_dim
         self.allow_repruning = allow_repruning
@@ -86,11 +128,15 @@ class ChannelPruning(MaskProgram):
         if host.example_input is None:
             raise ValueError("ChannelPruning needs pl_module.example_input_array (a batch the model accepts) "
                              "to trace channel couplings and count MACs")
-        if pruning_record(host.model) is not None and not self.allow_repruning:
-            raise ValueError("this model was already pruned (it carries a pruning record); pass "
+        found = find_pruning_record(host.model)
+        if found is not None and not self.allow_repruning:
+            where = f"module {found[0]!r}" if found[0] else "the model"
+            raise ValueError(f"this model was already pruned ({where} carries a pruning record); pass "
                              "allow_repruning=True to prune it again: budgets then count from the current model")
         self.groups = discover_channel_groups(host.model, host.example_input, ignore=self.exclude,
-                                              prune_heads=self.prune_heads, prune_embed_dim=self.prune_embed_dim)
+                                              prune_heads=self.prune_heads, prune_embed_dim=self.prune_embed_dim,
+                                              graph_time_limit=self.graph_time_limit,
+                                              check_control_flow=self.check_control_flow, probe=self.probe)
         return list(self.groups.targets)
 
     def make_allocator(self, targets: List[Target]) -> Allocator:
@@ -99,7 +145,16 @@ class ChannelPruning(MaskProgram):
         return channel_budget(self.allocator, self.groups, round_to=self.round_to)
 
     # -- removal --------------------------------------------------------------------------
+    def after_optimizer_step(self, step: int) -> None:
+        super().after_optimizer_step(step)
+        ctrl = self.require()
+        if self.remove_after_ramp and not ctrl.finalized and ctrl.masks and step >= self.schedule.end_step:
+            trainer = getattr(self.host, "trainer", None) if self.host is not None else None
+            self.remove_now(trainer)
+
     def finalize(self) -> None:
+        if self.require().finalized:  # already removed (remove_after_ramp, remove_now)
+            return
         self.remove_now()
 
     def remove_now(self, trainer: Any = None) -> PruningRecord:
@@ -110,14 +165,18 @@ class ChannelPruning(MaskProgram):
             raise RuntimeError("the channels were already removed")
         if not ctrl.masks:
             raise RuntimeError("no masks yet: nothing to remove (the schedule has not started)")
-        optimizers = trainer.optimizers if trainer is not None else ctrl.optimizers
-        ctrl.finalize()  # zero every pruned slice (and its optimizer state)
-        self.enforcement.remove_hooks()
+        optimizers = list(trainer.optimizers if trainer is not None else ctrl.optimizers)
+        # values cloned: finalize zeroes pruned slices and optimizer moments in place
+        snapshot = ModelSnapshot(self.groups.model, optimizers, graph=self.groups.graph, clone_values=True)
+        hooks = list(self.enforcement._hooks)
         try:
+            ctrl.finalize()  # zero every pruned slice (and its optimizer state)
+            self.enforcement.remove_hooks()
             self.record = remove_channels(self.groups, ctrl.masks, optimizers)
-        except ValueError:  # the model is unchanged: the masks go on acting
+        except BaseException:  # the model is back as it was: the masks go on acting
+            snapshot.restore()
             ctrl.finalized = False
-            self.enforcement.bind(ctrl)
+            self.enforcement._hooks = hooks  # the same handles: the restored hooks are theirs
             raise
         return self.record
 

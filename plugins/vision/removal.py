@@ -14,12 +14,19 @@ and the real values are then gathered with them.
 The kept channel indices of every group (in the numbering of the model before removal) form a
 :class:`PruningRecord`; records of successive removals compose into indices of the original
 dense model.
+
+Every failure (a mask that would empty a layer, Torch-Pruning raising on a group, attention
+attributes that no longer match, the pruned model's forward failing or changing its output
+shapes, the time limit on regenerating groups, an interrupt) puts the model back *in place*
+(:class:`~.snapshot.ModelSnapshot`: same modules, parameters, hooks and optimizer entries)
+and raises :class:`RemovalError` (a ``ValueError``) naming the group or the cause.
+:func:`find_unremovable` uses the same path on trial masks to find the groups that cannot be
+removed, so discovery can skip them and prune the rest.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +34,9 @@ from torch import nn
 from sparsity_core.ops import rebind_optimizer
 
 from ._deps import torch_pruning
-from .groups import ChannelGroups
+from .groups import ChannelGroup, ChannelGroups
+from .snapshot import ModelSnapshot
+from .tracing import GraphTimeLimitError, describe, graph_time_limit, set_stage, short, time_limit_message
 
 RECORD_ATTR = "_sparsity_pruning_record"
 
@@ -41,6 +50,8 @@ class PruningRecord:
     heads: Dict[str, int] = field(default_factory=dict)  # attention module -> heads kept
     shapes: Dict[str, List[int]] = field(default_factory=dict)
     rounds: int = 1
+    #: groups left unpruned and why (set by :func:`~.oneshot.prune_channels`; not saved)
+    skipped: List[Tuple[str, str]] = field(default_factory=list, compare=False)
 
     def to_json(self) -> Dict[str, object]:
         return {"kept": self.kept, "heads": self.heads, "shapes": self.shapes, "rounds": self.rounds}
@@ -59,7 +70,27 @@ class PruningRecord:
         return PruningRecord(kept, {**self.heads, **later.heads}, dict(later.shapes), self.rounds + later.rounds)
 
 
-def _pruning_group(groups: ChannelGroups, target, pruned: List[int]):
+class RemovalError(ValueError):
+    """Removing masked units failed; the model was put back in place. ``group``: the group
+    found to cause it (``None`` when the failure is not attributable to one group)."""
+
+    def __init__(self, message: str, group: Optional[str] = None, reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.group = group
+        self.reason = reason or message
+
+
+class _GroupFailure(Exception):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+class _ForwardFailure(Exception):
+    pass
+
+
+def _pruning_group(groups: ChannelGroups, target: ChannelGroup, pruned: List[int]):
     """Torch-Pruning's group removing root channels ``pruned`` of ``target``."""
     tp = torch_pruning()
     dg, root = groups.graph, groups.model.get_submodule(target.root_module)
@@ -71,22 +102,156 @@ def _pruning_group(groups: ChannelGroups, target, pruned: List[int]):
     return dg.get_pruning_group(root, fn, pruned)
 
 
-def check_removable(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> None:
-    """Raise ``ValueError`` (before any change) if a mask would empty a group or, through a
-    coupling Torch-Pruning resolves differently from the group's units, a layer."""
+_EMPTIES = ("removing its masked units would empty a coupled layer (a self-coupled group, e.g. a channel "
+            "concatenated with a copy of itself)")
+
+
+def removal_problems(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    """Every group whose mask cannot be removed as it is, with the reason (checked before
+    any change: mask shape, a mask that removes every unit, a coupling Torch-Pruning resolves
+    so that a layer would be emptied). Runs under the groups' time limit."""
+    message = time_limit_message(groups.model, groups.time_limit or 0.0, "checking the masks for removal")
+    with graph_time_limit(groups.time_limit, message):
+        return _removal_problems(groups, masks)
+
+
+def _removal_problems(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    problems: Dict[str, str] = {}
     for t in groups.targets:
         if t.name not in masks:
             continue
         m = masks[t.name]
         if tuple(m.shape) != (t.num_units,):
-            raise ValueError(f"mask for {t.name!r} has shape {tuple(m.shape)}, expected ({t.num_units},)")
+            problems[t.name] = f"mask has shape {tuple(m.shape)}, expected ({t.num_units},)"
+            continue
         if not bool(m.any()):
-            raise ValueError(f"mask for {t.name!r} removes every unit of the group; keep at least one")
+            problems[t.name] = "mask removes every unit of the group; keep at least one"
+            continue
         pruned = t.root_channels(m, kept=False)
-        if pruned and not groups.graph.check_pruning_group(_pruning_group(groups, t, pruned)):
-            raise ValueError(f"removing the masked units of {t.name!r} would empty a coupled layer (a self-coupled "
-                             "group, e.g. a channel concatenated with a copy of itself); keep more units or ignore "
-                             "the group's modules")
+        if not pruned:
+            continue
+        try:
+            ok = groups.graph.check_pruning_group(_pruning_group(groups, t, pruned))
+        except GraphTimeLimitError:
+            raise
+        except Exception as err:  # noqa: BLE001 - Torch-Pruning's message may hold a module repr
+            problems[t.name] = f"Torch-Pruning cannot regenerate it ({short(err)})"
+            continue
+        if not ok:
+            problems[t.name] = _EMPTIES
+    return problems
+
+
+def check_removable(groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`RemovalError` (a ``ValueError``, before any change) for the first group
+    of :func:`removal_problems`."""
+    problems = removal_problems(groups, masks)
+    if not problems:
+        return
+    name, reason = next(iter(problems.items()))
+    if reason == _EMPTIES:
+        raise RemovalError(f"removing the masked units of {name!r} would empty a coupled layer (a self-coupled "
+                           "group, e.g. a channel concatenated with a copy of itself); keep more units or ignore "
+                           "the group's modules. Nothing was changed", name, reason)
+    if reason.startswith("mask "):
+        raise RemovalError(f"{reason.replace('mask ', f'mask for {name!r} ', 1)}", name, reason)
+    raise RemovalError(f"group {name!r}: {reason}; nothing was changed", name, reason)
+
+
+def _prune_groups(groups: ChannelGroups, masks: Mapping[str, torch.Tensor],
+                  record: Optional["PruningRecord"] = None) -> None:
+    """Remove the masked units of every group (each regenerated just before), then update
+    the attention modules whose heads were removed. Raises :class:`_GroupFailure`."""
+    for t in groups.targets:
+        if t.name not in masks:
+            continue
+        mask = masks[t.name]
+        pruned = t.root_channels(mask, kept=False)
+        if record is not None:
+            record.kept[t.name] = t.root_channels(mask, kept=True)
+        if not pruned:
+            continue
+        try:  # (checked before any change by check_removable: a regenerated group in a model
+            # with concatenations can count an index twice, so it is not checked again here)
+            group = _pruning_group(groups, t, pruned)
+        except GraphTimeLimitError:
+            raise
+        except Exception as err:  # noqa: BLE001 - attributed to the group
+            raise _GroupFailure(t.name, f"Torch-Pruning cannot regenerate it ({short(err)})") from err
+        try:
+            group.prune()
+        except GraphTimeLimitError:
+            raise
+        except Exception as err:  # noqa: BLE001 - attributed to the group
+            raise _GroupFailure(t.name, f"Torch-Pruning failed removing it ({short(err)})") from err
+    names = {m: n for n, m in groups.model.named_modules()}
+    for attn_name, head_target in groups.attention.items():
+        if head_target in masks:
+            heads = int(masks[head_target].sum())
+            _update_attention(groups, attn_name, head_target, heads, names)
+            if record is not None:
+                record.heads[attn_name] = heads
+
+
+def _update_attention(groups: ChannelGroups, attn_name: str, target: str, heads: int,
+                      names: Dict[nn.Module, str]) -> None:
+    """Attention modules keep ``num_heads`` (and timm's ``attn_dim``) as attributes: follow
+    the removal, and check every projection against the new head count."""
+    attn = groups.model.get_submodule(attn_name)
+    form = groups.forms.get(attn_name)
+    head_dim = form.head_dim if form is not None else attn.head_dim
+    width = heads * head_dim
+    attn.num_heads = heads
+    if isinstance(getattr(attn, "attn_dim", None), int):
+        attn.attn_dim = width
+    layout = form.projections if form is not None else (("qkv", 3),)
+    proj = form.proj if form is not None else "proj"
+    wrong = [f"{a} has {getattr(attn, a).out_features} outputs, expected {mult * width}"
+             for a, mult in layout if getattr(attn, a).out_features != mult * width]
+    if getattr(attn, proj).in_features != width:
+        wrong.append(f"{proj} has {getattr(attn, proj).in_features} inputs, expected {width}")
+    if wrong:
+        raise _GroupFailure(target, f"after removal the projections of attention {describe(attn, names)} do not match "
+                                    f"{heads} heads of {head_dim}: {'; '.join(wrong)}")
+
+
+def _verify(groups: ChannelGroups) -> None:
+    """Run the pruned model once on the traced example (eval mode, no gradients); raise
+    :class:`_ForwardFailure` if the forward fails or its output shapes changed."""
+    if groups.example is None:
+        return
+    from sparsity_core.macs import run_forward
+
+    from .tracing import output_shapes
+
+    model = groups.model
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = run_forward(model, groups.example)
+    except Exception as err:  # noqa: BLE001 - any failure means the removal is unusable
+        raise _ForwardFailure(f"forward failed: {short(err, 200)}") from err
+    finally:
+        for m, mode in was_training.items():
+            m.training = mode
+    if groups.output_shapes is not None and output_shapes(out) != list(groups.output_shapes):
+        raise _ForwardFailure(f"output shapes changed from {list(groups.output_shapes)} to {output_shapes(out)}")
+
+
+def _removal_error(model: nn.Module, err: Exception) -> Exception:
+    model_name = type(model).__name__
+    advice = "ignore the modules involved (exclude=[...]) or use element sparsity (SparsityCallback)"
+    if isinstance(err, _GroupFailure):
+        return RemovalError(f"removing the masked units of {err.name!r} from {model_name} fails: {err.reason}. The "
+                            f"model is unchanged; {advice}", err.name, err.reason)
+    if isinstance(err, _ForwardFailure):
+        return RemovalError(f"removing the masked channels breaks {model_name} ({err}); Torch-Pruning cannot resolve "
+                            f"one of its couplings consistently. The model is unchanged; {advice}")
+    if isinstance(err, GraphTimeLimitError):
+        return GraphTimeLimitError(f"{err} The model is unchanged.")
+    return RemovalError(f"removing the masked channels of {model_name} failed ({short(err)}). The model is "
+                        f"unchanged; {advice}")
 
 
 @torch.no_grad()
@@ -94,92 +259,167 @@ def remove_channels(
     groups: ChannelGroups,
     masks: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer] = (),
+    check: bool = True,
 ) -> PruningRecord:
     """Remove the units each mask prunes from ``groups.model``, in place.
 
     Returns the record of kept indices; optimizers are rebound (see the module docstring).
     The model's outputs equal those of the masked model; remove the masked-LayerNorm hooks
-    of :class:`~sparsity_plugins.vision.GroupMask` first. The pruned model is run once on the example the groups were traced
-    with; if that fails the model is restored and ``ValueError`` raised.
+    of :class:`~sparsity_plugins.vision.GroupMask` first. The pruned model is run once on
+    the example the groups were traced with. On any failure the model (and the optimizers)
+    are put back in place and :class:`RemovalError` is raised. ``check=False`` skips the
+    check before any change (:func:`check_removable`) for a caller that just ran
+    :func:`removal_problems` on the same masks.
     """
     model = groups.model
-    check_removable(groups, masks)
+    if check:
+        check_removable(groups, masks)
+    snapshot = ModelSnapshot(model, optimizers, graph=groups.graph)
     old_params = dict(model.named_parameters())
     requires_grad = {n: p.requires_grad for n, p in old_params.items()}
     values = {n: p.data for n, p in old_params.items()}
-    backup = copy.deepcopy(model) if groups.example is not None else None
-    for p in old_params.values():
-        p.grad = None  # the step's gradients are consumed; the next backward refills them
-        p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).reshape(p.shape)
-    record = PruningRecord()
+    limit = groups.time_limit
+    message = time_limit_message(model, limit or 0.0, "regenerating the channel groups for removal")
     try:
-        for t in groups.targets:
-            if t.name not in masks:
-                continue
-            mask = masks[t.name]
-            pruned = t.root_channels(mask, kept=False)
-            record.kept[t.name] = t.root_channels(mask, kept=True)
-            if not pruned:
-                continue
-            _pruning_group(groups, t, pruned).prune()
-    finally:  # every parameter now holds the float64 indices of the entries it kept
-        new_params = dict(model.named_parameters())
-        kept_index: Dict[str, torch.Tensor] = {}
-        for name, p in new_params.items():
-            idx = p.data.reshape(-1).long()
-            kept_index[name] = idx
-            p.data = values[name].reshape(-1)[idx.to(values[name].device)].reshape(p.shape)
-            p.requires_grad_(requires_grad[name])
-    for attn_name, head_target in groups.attention.items():
-        if head_target in masks:
-            _update_attention(model.get_submodule(attn_name), int(masks[head_target].sum()))
-            record.heads[attn_name] = int(masks[head_target].sum())
-    if backup is not None:
-        _verify_or_restore(model, groups.example, backup, old_params, values)
-    for opt in optimizers:
-        _rebind(opt, old_params, new_params, kept_index)
-    record.shapes = {n: list(p.shape) for n, p in new_params.items() if p.shape != values[n].shape}
-    previous = pruning_record(model)
-    if previous is not None:
-        record = previous.compose(record)
-    setattr(model, RECORD_ATTR, record.to_json())  # plain data: pickles without this library
+        with graph_time_limit(limit, message):
+            set_stage("removing the masked units")
+            for p in old_params.values():
+                p.grad = None  # the step's gradients are consumed; the next backward refills them
+                p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).reshape(p.shape)
+            record = PruningRecord()
+            try:
+                _prune_groups(groups, masks, record)
+            finally:  # every parameter now holds the float64 indices of the entries it kept
+                new_params = dict(model.named_parameters())
+                kept_index: Dict[str, torch.Tensor] = {}
+                for name, p in new_params.items():
+                    if name not in values:
+                        continue
+                    idx = p.data.reshape(-1).long()
+                    kept_index[name] = idx
+                    p.data = values[name].reshape(-1)[idx.to(values[name].device)].reshape(p.shape)
+                    p.requires_grad_(requires_grad[name])
+            _verify(groups)
+        for opt in optimizers:
+            _rebind(opt, old_params, new_params, kept_index)
+        record.shapes = {n: list(p.shape) for n, p in new_params.items()
+                         if n in values and p.shape != values[n].shape}
+        previous = _take_previous_record(model)
+        if previous is not None:
+            record = previous.compose(record)
+        setattr(model, RECORD_ATTR, record.to_json())  # plain data: pickles without this library
+        set_stage(None)
+    except BaseException as err:
+        snapshot.restore()
+        set_stage(None)
+        if not isinstance(err, Exception):
+            raise  # KeyboardInterrupt and the like: the model is back, the interrupt goes on
+        raise _removal_error(model, err) from err
     return record
 
 
-def _verify_or_restore(model: nn.Module, example, backup: nn.Module, old_params: Dict[str, nn.Parameter],
-                       values: Dict[str, torch.Tensor]) -> None:
-    """Run the pruned model once; if it fails (a coupling Torch-Pruning resolved
-    inconsistently), put the model back exactly as it was (same parameter objects, so
-    optimizers and hooks stay valid) and raise ``ValueError``."""
-    was_training = model.training
-    model.eval()
-    try:
-        model(*example) if isinstance(example, (tuple, list)) else model(example)
-        model.train(was_training)
-        return
-    except Exception as err:  # noqa: BLE001 - any failure means the removal is unusable
-        failure = err
-    model.__dict__.update(backup.__dict__)
-    for name, p in old_params.items():
-        p.data = values[name]
-        parent, _, leaf = name.rpartition(".")
-        (model.get_submodule(parent) if parent else model)._parameters[leaf] = p
-    model.train(was_training)
-    raise ValueError(
-        f"removing the masked channels breaks {type(model).__name__} (forward failed: {type(failure).__name__}: "
-        f"{str(failure)[:200]}); Torch-Pruning cannot resolve one of its couplings consistently. The model is "
-        "unchanged; ignore the modules involved (ignore=[...]) or use element sparsity"
-    ) from failure
+# -- probing ---------------------------------------------------------------------------------
+_TRIAL_KEEP = (0.5, 0.75, 0.25, 0.625, 0.375)
 
 
-def _update_attention(attn: nn.Module, heads: int) -> None:
-    """timm ``Attention`` keeps ``num_heads``/``attn_dim`` as attributes: follow the removal."""
-    attn.num_heads = heads
-    if hasattr(attn, "attn_dim"):
-        attn.attn_dim = heads * attn.head_dim
-    if attn.qkv.out_features != 3 * heads * attn.head_dim:
-        raise RuntimeError(f"attention {attn}: qkv has {attn.qkv.out_features} outputs after removal, "
-                           f"expected {3 * heads * attn.head_dim}")
+def _trial_masks(targets: Sequence[ChannelGroup]) -> Dict[str, torch.Tensor]:
+    """Trial masks: about a quarter to three quarters of every group's units (the share
+    varies from group to group), spread over the group (so concatenation offsets are
+    exercised), with kept widths that differ from every other group's kept and original
+    width where the group's size allows. Two groups whose widths a forward ties together
+    without Torch-Pruning coupling them (an attention that reshapes its heads with its
+    input width, a fixed ``split``) then end with different widths, and the break shows."""
+    used = {len(t.root_units) for t in targets}
+    masks: Dict[str, torch.Tensor] = {}
+    for i, t in enumerate(targets):
+        units = t.num_units
+        if units < 2:
+            continue
+        per_unit = len(t.root_units) / units
+        goal = units * _TRIAL_KEEP[i % len(_TRIAL_KEEP)]
+        options = sorted(range(1, units), key=lambda k: (abs(k - goal), k))
+        keep = next((k for k in options if round(k * per_unit) not in used), options[0])
+        used.add(round(keep * per_unit))
+        mask = torch.zeros(units, dtype=torch.bool)
+        mask[torch.linspace(0, units - 1, keep).round().long()] = True
+        masks[t.name] = mask
+    return masks
+
+
+class _Trials:
+    """Trial removals on the model itself, each put back in place from one snapshot."""
+
+    def __init__(self, groups: ChannelGroups, masks: Mapping[str, torch.Tensor]) -> None:
+        self.groups, self.masks = groups, masks
+        self.snapshot = ModelSnapshot(groups.model, graph=groups.graph)
+        self.count = 0
+
+    def __call__(self, names: Sequence[str]) -> Optional[Tuple[Optional[str], str]]:
+        """``None`` if removing the masks of ``names`` works, else ``(group or None, reason)``."""
+        self.count += 1
+        try:
+            with torch.no_grad():
+                _prune_groups(self.groups, {n: self.masks[n] for n in names})
+                _verify(self.groups)
+            return None
+        except _GroupFailure as f:
+            return f.name, f.reason
+        except _ForwardFailure as f:
+            return None, str(f)
+        finally:
+            self.snapshot.restore()
+
+
+def find_unremovable(groups: ChannelGroups, masks: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, str]:
+    """Groups whose removal fails, with the reason, found by removing ``masks`` (default:
+    :func:`_trial_masks`, a quarter to three quarters of every group's units) on the model
+    itself and putting it back in place after every trial.
+
+    All groups are tried together first (one trial when every group works, the common
+    case). If that fails, every group is tried alone (one Torch-Pruning regeneration and one
+    forward each), then the groups that passed alone are tried together again; only if
+    that fails too (groups that break in combination) are they added to a verified set
+    chunk by chunk, a failing chunk split in halves."""
+    if masks is None:
+        masks = _trial_masks(groups.targets)
+    names = [t.name for t in groups.targets if t.name in masks and not bool(masks[t.name].all())]
+    bad: Dict[str, str] = {}
+    if not names:
+        return bad
+    trial = _Trials(groups, masks)
+    result = trial(names)
+    if result is None:
+        return bad
+    if result[0] in names:
+        bad[result[0]] = result[1]
+    for n in names:
+        if n not in bad:
+            result = trial([n])
+            if result is not None:
+                bad[n] = result[1]
+    good = [n for n in names if n not in bad]
+    if not good or trial(good) is None:
+        return bad
+    verified: List[str] = []
+    chunks = [good]
+    while chunks:
+        chunk = chunks.pop(0)
+        result = trial(verified + chunk)
+        if result is None:
+            verified += chunk
+            continue
+        culprit, reason = result
+        if culprit in chunk:
+            bad[culprit] = reason
+            rest = [n for n in chunk if n != culprit]
+            if rest:
+                chunks.insert(0, rest)
+        elif len(chunk) == 1:
+            bad[chunk[0]] = f"{reason} (in combination with other groups)"
+        else:
+            half = len(chunk) // 2
+            chunks[0:0] = [chunk[:half], chunk[half:]]
+    return bad
 
 
 def _rebind(opt: torch.optim.Optimizer, old: Dict[str, nn.Parameter], new: Dict[str, nn.Parameter],
@@ -202,3 +442,30 @@ def pruning_record(model: nn.Module) -> Optional[PruningRecord]:
     """The record left on ``model`` by :func:`remove_channels` (``None`` if never pruned)."""
     rec = getattr(model, RECORD_ATTR, None)
     return PruningRecord.from_json(rec) if isinstance(rec, dict) else None
+
+
+def find_pruning_record(model: nn.Module) -> Optional[Tuple[str, PruningRecord]]:
+    """``(module path, record)`` of the first module in ``model``'s tree (the root first)
+    that carries a pruning record, or ``None``: a model pruned as a submodule of another
+    (``prune_channels(module.model, ...)``, then ``ChannelPruning`` on the LightningModule)
+    is found too."""
+    for name, m in model.named_modules():
+        rec = pruning_record(m)
+        if rec is not None:
+            return name, rec
+    return None
+
+
+def _take_previous_record(model: nn.Module) -> Optional[PruningRecord]:
+    """The record of an earlier removal anywhere in ``model``'s tree, in ``model``'s names; a
+    record found on a submodule is moved to ``model`` (its group names get the prefix)."""
+    found = find_pruning_record(model)
+    if found is None:
+        return None
+    path, rec = found
+    if not path:
+        return rec
+    delattr(model.get_submodule(path), RECORD_ATTR)
+    pre = f"{path}."
+    return PruningRecord(kept={pre + k: v for k, v in rec.kept.items()}, heads={pre + k: v for k, v in rec.heads.items()},
+                         shapes={pre + k: v for k, v in rec.shapes.items()}, rounds=rec.rounds)

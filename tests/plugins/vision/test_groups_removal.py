@@ -224,7 +224,8 @@ def test_grouped_convolution_ties_channel_c_of_every_group():
 
 def test_removal_that_breaks_the_model_is_undone_and_reported():
     # Torch-Pruning resolves Swin's window-attention couplings inconsistently (it fails on
-    # Swin on its own too); the forward check after removal catches it.
+    # Swin on its own too); the forward check after removal catches it. (Without the probe:
+    # with it, discovery skips those groups and the rest is pruned.)
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4, img_size=32,
                               window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2)).eval()
@@ -233,8 +234,10 @@ def test_removal_that_breaks_the_model_is_undone_and_reported():
         ref = model(x)
     params = list(model.named_parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    modules = dict(model.named_modules())
     with pytest.raises(ValueError, match="The model is unchanged"):
-        prune_channels(model, x, 0.5, measure="units", round_to=1)
+        prune_channels(model, x, 0.5, measure="units", round_to=1, probe=False, retries=0)
+    assert all(m is modules[n] for n, m in model.named_modules()) and len(modules) == len(dict(model.named_modules()))
     assert [(n, id(p)) for n, p in model.named_parameters()] == [(n, id(p)) for n, p in params]
     assert all(any(p is q for q in opt.param_groups[0]["params"]) for p in model.parameters())
     with torch.no_grad():
