@@ -140,17 +140,25 @@ def fused_attention(module: nn.MultiheadAttention, query: Tensor, key: Tensor, v
     attentions (:class:`BucketedAttention`, GTSP's pruned attention) all run this one, so
     dense and pruned models are timed on the same kernel."""
     b, lq, _ = query.shape
+    q, kk, v = project_heads(module, query, key, value)
+    out = F.scaled_dot_product_attention(q, kk, v, attn_mask=sdpa_mask(key_padding_mask, attn_mask, q.dtype),
+                                         dropout_p=module.dropout if module.training else 0.0)
+    inner = int(module.num_heads) * int(module.head_dim)
+    return F.linear(out.transpose(1, 2).reshape(b, lq, inner), module.out_proj.weight, module.out_proj.bias)
+
+
+def project_heads(module: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, ...]:
+    """``Q, K, V`` of ``module``'s packed input projection, batch first, split into heads:
+    each ``[batch, heads, length, head_dim]``."""
+    b, lq, _ = query.shape
     s = key.shape[1]
     k, d = int(module.num_heads), int(module.head_dim)
     inner = k * d
     w_q, w_k, w_v = module.in_proj_weight.split(inner, 0)
     b_q, b_k, b_v = module.in_proj_bias.split(inner, 0) if module.in_proj_bias is not None else (None,) * 3
-    q = F.linear(query, w_q, b_q).view(b, lq, k, d).transpose(1, 2)
-    kk = F.linear(key, w_k, b_k).view(b, s, k, d).transpose(1, 2)
-    v = F.linear(value, w_v, b_v).view(b, s, k, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, kk, v, attn_mask=sdpa_mask(key_padding_mask, attn_mask, q.dtype),
-                                         dropout_p=module.dropout if module.training else 0.0)
-    return F.linear(out.transpose(1, 2).reshape(b, lq, inner), module.out_proj.weight, module.out_proj.bias)
+    return (F.linear(query, w_q, b_q).view(b, lq, k, d).transpose(1, 2),
+            F.linear(key, w_k, b_k).view(b, s, k, d).transpose(1, 2),
+            F.linear(value, w_v, b_v).view(b, s, k, d).transpose(1, 2))
 
 
 class BucketedAttention(nn.MultiheadAttention):

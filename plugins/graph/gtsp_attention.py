@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention_buckets import fused_attention, run_in_buckets
+from .attention_buckets import fused_attention, project_heads, run_in_buckets
 
 def check_supported(mha: nn.Module, where: str) -> None:
     """``ValueError`` unless ``mha`` is a batch-first self-attention GTSP can gate and prune."""
@@ -126,11 +126,7 @@ class PrunedAttention(nn.MultiheadAttention):
         if not need_weights:
             return fused_attention(self, query, key, value, key_padding_mask, attn_mask), None
         inner = k * d
-        w_q, w_k, w_v = self.in_proj_weight.split(inner, 0)
-        b_q, b_k, b_v = self.in_proj_bias.split(inner, 0) if self.in_proj_bias is not None else (None,) * 3
-        q = F.linear(query, w_q, b_q).view(b, lq, k, d).transpose(1, 2)
-        kk = F.linear(key, w_k, b_k).view(b, s, k, d).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(b, s, k, d).transpose(1, 2)
+        q, kk, v = project_heads(self, query, key, value)
         scores = torch.matmul(q, kk.transpose(-1, -2)) / math.sqrt(d)
         if attn_mask is not None:
             scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
