@@ -26,7 +26,7 @@ from ..targets import Target
 from ..validation import check_int
 from .base import Allocator
 from .probes import Evaluate, Probe, call_probe, masked_evaluator
-from .ratios import Spans, fit_ratios, integer_keep
+from .ratios import Spans, fit_ratios, integer_keep, spans
 
 
 class LayerSearch(Allocator):
@@ -81,3 +81,21 @@ class LayerSearch(Allocator):
             return cache[key]
 
         return run
+
+    def distribute(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], keep_cost: float,
+                   measure: str, floors: Mapping[str, int]) -> Dict[str, int]:
+        """Start from the uniform allocation (offsets 0), let :meth:`search` improve it, keep
+        the best offsets found."""
+        sp = spans(targets, measure, floors)
+        run = self._runner(targets, scores)
+        offsets = torch.zeros(len(targets), dtype=torch.float64)
+        keep = self.candidate(offsets, sp, keep_cost)
+        offsets, keep = self.search(run, offsets, keep, run(keep), sp, keep_cost,
+                                    torch.Generator().manual_seed(self.seed))
+        self.best_offsets = {t.name: float(v) for t, v in zip(targets, offsets)}
+        return keep
+
+    def search(self, run, offsets: torch.Tensor, keep: Dict[str, int], best: float, sp: Spans, keep_cost: float,
+               gen: torch.Generator) -> Tuple[torch.Tensor, Dict[str, int]]:
+        """The best ``(offsets, keep)`` found from the start given (``best`` = its value)."""
+        raise NotImplementedError

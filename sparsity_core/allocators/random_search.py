@@ -11,16 +11,15 @@ is kept.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..registry import ALLOCATORS
-from ..targets import Target
 from ..validation import check_int, check_range
 from .layer_search import LayerSearch
 from .probes import Evaluate, Probe
-from .ratios import spans
+from .ratios import Spans
 
 
 @ALLOCATORS.register("random_search")
@@ -40,22 +39,15 @@ class RandomSearch(LayerSearch):
         self.budget_evals = check_int(evaluations, "random search evaluations", minimum=1)
         self.spread = check_range(spread, "random search spread", 0.0, 1.0)
 
-    def distribute(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], keep_cost: float,
-                   measure: str, floors: Mapping[str, int]) -> Dict[str, int]:
-        sp = spans(targets, measure, floors)
-        run = self._runner(targets, scores)
-        gen = torch.Generator().manual_seed(self.seed)
-        offsets = torch.zeros(len(targets), dtype=torch.float64)
-        keep = self.candidate(offsets, sp, keep_cost)
-        best = run(keep)
+    def search(self, run, offsets: torch.Tensor, keep: Dict[str, int], best: float, sp: Spans, keep_cost: float,
+               gen: torch.Generator) -> Tuple[torch.Tensor, Dict[str, int]]:
         for _ in range(self.budget_evals - 1):
-            trial = (torch.rand(len(targets), generator=gen, dtype=torch.float64) * 2 - 1) * self.spread
+            trial = (torch.rand(offsets.numel(), generator=gen, dtype=torch.float64) * 2 - 1) * self.spread
             cand = self.candidate(trial, sp, keep_cost)
             value = run(cand)
             if value < best:
                 offsets, keep, best = trial, cand, value
-        self.best_offsets = {t.name: float(v) for t, v in zip(targets, offsets)}
-        return keep
+        return offsets, keep
 
     def __repr__(self) -> str:
         return (f"RandomSearch(evaluations={self.budget_evals}, spread={self.spread}, seed={self.seed}, "

@@ -22,16 +22,15 @@ number of evaluations.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..registry import ALLOCATORS
-from ..targets import Target
 from ..validation import check_int, check_range
 from .layer_search import LayerSearch
 from .probes import Evaluate, Probe
-from .ratios import spans
+from .ratios import Spans
 
 
 @ALLOCATORS.register("search")
@@ -56,18 +55,12 @@ class Search(LayerSearch):
             raise ValueError(f"search min_step must be <= step, got min_step={min_step!r} > step={step!r}")
         self.max_evals = check_int(max_evals, "search max_evals", minimum=1)
 
-    def distribute(self, targets: Sequence[Target], scores: Mapping[str, torch.Tensor], keep_cost: float,
-                   measure: str, floors: Mapping[str, int]) -> Dict[str, int]:
-        sp = spans(targets, measure, floors)
-        run = self._runner(targets, scores)
-        gen = torch.Generator().manual_seed(self.seed)
-        offsets = torch.zeros(len(targets), dtype=torch.float64)
-        keep = self.candidate(offsets, sp, keep_cost)
-        best = run(keep)
+    def search(self, run, offsets: torch.Tensor, keep: Dict[str, int], best: float, sp: Spans, keep_cost: float,
+               gen: torch.Generator) -> Tuple[torch.Tensor, Dict[str, int]]:
         delta = self.step
         while delta >= self.min_step * (1 - 1e-9) and self.evaluations < self.max_evals:
             improved = False
-            for i in torch.randperm(len(targets), generator=gen).tolist():
+            for i in torch.randperm(offsets.numel(), generator=gen).tolist():
                 for sign in (1.0, -1.0):
                     if self.evaluations >= self.max_evals:
                         break
@@ -82,8 +75,7 @@ class Search(LayerSearch):
                         break
             if not improved:
                 delta /= 2.0
-        self.best_offsets = {t.name: float(v) for t, v in zip(targets, offsets)}
-        return keep
+        return offsets, keep
 
     def __repr__(self) -> str:
         return (f"Search(step={self.step}, min_step={self.min_step}, max_evals={self.max_evals}, seed={self.seed}, "
