@@ -16,7 +16,7 @@ from sparsity_core.schedules.ramps import Linear
 from sparsity_plugins.vision import (ChannelPruning, GroupMask, GroupTraceError, channel_budget,
                                      discover_channel_groups, prune_channels, pruning_record, remove_channels)
 from sparsity_plugins.vision import removal as removal_module
-from sparsity_plugins.vision import tracing
+from sparsity_plugins.vision import tracing, traversal_limits
 from sparsity_plugins.vision.removal import RemovalError
 from sparsity_plugins.vision.tracing import GraphTimeLimitError
 
@@ -295,7 +295,7 @@ def test_time_limit_during_removal_restores_in_place(monkeypatch):
 
 
 def test_runaway_traversal_skips_its_group_and_prunes_the_rest(monkeypatch):
-    monkeypatch.setattr(tracing, "MAX_GROUP_ITEMS", 6)
+    monkeypatch.setattr(traversal_limits, "MAX_GROUP_ITEMS", 6)
     model = tiny("resnet")
     groups = discover_channel_groups(model, example(), probe=False)
     runaway = [n for n, why in groups.skipped if "collected" in why]
