@@ -82,6 +82,21 @@ class MaskSet(MutableMapping):
                 total += v.numel()
         return diff / total if total else 0.0
 
+    def overlap(self, other: "MaskSet") -> float:
+        """Jaccard index of the kept units over the targets both hold: ``|A ∩ B| / |A ∪ B|``
+        (1.0 when neither keeps a unit). Compares masks chosen by different seeds or runs."""
+        shared = [k for k in self._masks if k in other]
+        if not shared:
+            raise ValueError("the two mask sets share no target")
+        inter = union = 0
+        for k in shared:
+            a, b = self._masks[k], other[k].to(self._masks[k].device)
+            if a.shape != b.shape:
+                raise ValueError(f"masks of {k!r} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+            inter += int((a & b).sum())
+            union += int((a | b).sum())
+        return inter / union if union else 1.0
+
     # Resizing, for targets whose units come and go (Gaussians, edges).
     def select_units(self, name: str, index: torch.Tensor) -> None:
         """Keep only the units at ``index`` (bool mask or long indices) of a flat mask."""

@@ -8,7 +8,8 @@ from .prune_regrow import PruneRegrow
 from .soft_shrink import SoftShrink
 from .sr_ste import SRSTE
 from .straight_through import StraightThrough
+from .update_mask import UpdateMask
 
 __all__ = ["Enforcement", "weight_targets", "DecayingMask", "HardMask", "ProjectedL0", "PruneRegrow", "Regime", "RegimePart",
            "build_enforcement", "SoftShrink",
-           "SRSTE", "StraightThrough"]
+           "SRSTE", "StraightThrough", "UpdateMask"]

@@ -77,3 +77,38 @@ def test_accumulating_state_round_trip():
 def test_stateless_criterion_rejects_foreign_state():
     with pytest.raises(ValueError, match="keeps no state"):
         Magnitude().load_state_dict({"sums": {}})
+
+
+def test_sensitivity_is_the_mean_squared_gradient_per_unit():
+    from sparsity_core.criteria import ScoreContext, Sensitivity
+
+    w = nn.Parameter(torch.zeros(2, 2))
+    t = Target("w", param=w)
+    crit = Sensitivity()
+    for g in (torch.tensor([[1.0, -2.0], [0.0, 3.0]]), torch.tensor([[3.0, 0.0], [1.0, -1.0]])):
+        w.grad = g
+        crit.observe(t, ScoreContext())
+    assert crit.score(t, ScoreContext()).tolist() == [5.0, 2.0, 0.5, 5.0]  # (1+9)/2, (4+0)/2, (0+1)/2, (9+1)/2
+
+
+def test_change_scores_distance_to_the_reference_and_checks_it():
+    from sparsity_core.criteria import Change, ScoreContext
+
+    w = nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    t = Target("w", param=w)
+    assert Change({"w": torch.tensor([[1.0, 0.0], [4.0, 4.5]])}).score(t, ScoreContext()).tolist() == [0.0, 2.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="no tensor for target 'w'"):
+        Change({"v": torch.zeros(2, 2)}).score(t, ScoreContext())
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        Change({"w": torch.zeros(3)}).score(t, ScoreContext())
+
+
+def test_given_scores_are_returned_and_checked():
+    from sparsity_core.criteria import GivenScores, ScoreContext
+
+    t = Target("w", shape=(3,))
+    assert GivenScores({"w": torch.tensor([3.0, 1.0, 2.0])}).score(t, ScoreContext()).tolist() == [3.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="2 entries, the target 3 units"):
+        GivenScores({"w": torch.ones(2)}).score(t, ScoreContext())
+    with pytest.raises(ValueError, match="no given scores"):
+        GivenScores().score(t, ScoreContext())
