@@ -19,7 +19,8 @@ from .._lazy import lazy_getattr
 
 _EXPORTS = {
     "Adapter": "base", "METHODS": "base", "AdaptedLinear": "base",
-    "LoRA": "lora", "SNELL": "snell", "PST": "pst", "DSEE": "dsee", "prune_merged": "dsee",
+    "LoRA": "lora", "SNELL": "snell", "PST": "pst", "DSEE": "dsee", "prune_merged": "dsee", "retune_program": "dsee",
+    "MergedPruning": "dsee", "head_targets": "heads",
     "godec": "decompose", "Decomposition": "decompose", "KERNELS": "kernels",
     "AdapterConfig": "model", "AdapterSet": "model", "inject_adapters": "model", "build_adapters": "model",
     "save_adapters": "persist", "load_adapters": "persist", "match_linear": "matching",

@@ -11,25 +11,31 @@ where ``W ≈ L + S`` is a low-rank plus sparse decomposition of the pretrained 
 model; only ``U, V`` and the ``N`` values train. ``Ω`` is a fixed buffer of ``N`` flat indices
 (DSEE's support is chosen once, from the pretrained weight, unlike SNELL's).
 
-Step 2, optional: :func:`prune_merged` merges ``W + ΔW`` into the layers and prunes it by
-magnitude (unstructured) with the core's one-shot pruning (``one_shot_prune``, criterion
-``magnitude``, allocator of your choice), after which the pruned model can be re-tuned.
+Step 2, optional: :func:`prune_merged` merges ``W + ΔW`` into the layers and prunes by
+magnitude, unstructured or whole attention heads, with the core's one-shot pruning
+(``one_shot_prune``, criterion ``magnitude``, allocator of your choice); the pruned model is
+then re-tuned with the masks held fixed (:func:`retune_program`).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Union
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from sparsity_core.allocators.base import Allocator
+from sparsity_core.criteria import GivenScores
+from sparsity_core.mask_program import WeightSparsity
 from sparsity_core.oneshot import OneShotResult, one_shot_prune
 from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_positive
 
 from .base import METHODS, Adapter
 from .decompose import godec
+from .heads import head_targets, head_weight_masks, zero_heads
 from .selection import keep_top, magnitude_scores
 
 
@@ -90,15 +96,56 @@ class DSEE(Adapter):
                        module_name=self.name)]
 
 
-def prune_merged(adapters, sparsity: float, allocator: Union[str, Allocator] = "global") -> OneShotResult:
+@dataclass
+class MergedPruning(OneShotResult):
+    """:class:`OneShotResult` plus ``weight_masks``: element masks (``True`` = kept) of every
+    pruned tensor, keyed by its name in the model, for :func:`retune_program`."""
+
+    weight_masks: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def prune_merged(adapters, sparsity: float, allocator: Union[str, Allocator] = "global",
+                 structure: str = "elements") -> MergedPruning:
     """DSEE's second step: merge every adapter into its layer for good (the adapters are
-    removed, :meth:`AdapterSet.merge_and_unload`) and prune the merged weights by magnitude,
-    unstructured, with the core's :func:`~sparsity_core.oneshot.one_shot_prune`. Returns its
-    result (masks keyed ``<layer>.weight``, report)."""
+    removed, :meth:`AdapterSet.merge_and_unload`) and prune by magnitude with the core's
+    :func:`~sparsity_core.oneshot.one_shot_prune`: ``structure="elements"`` prunes the merged
+    weights unstructured (masks keyed ``<layer>.weight``), ``"heads"`` removes whole attention
+    heads of the model (:mod:`.heads`: masks keyed ``<attention>.heads``; every entry a pruned
+    head owns is zeroed). ``sparsity`` is the fraction of weights, or of heads, removed.
+    The result's ``weight_masks`` are the element masks for re-tuning (:func:`retune_program`)."""
     from sparsity_core.validation import check_sparsity
 
     check_sparsity(sparsity)
+    if structure not in ("elements", "heads"):
+        raise ValueError(f"structure must be 'elements' or 'heads', got {structure!r}")
+    model = adapters.model
+    if structure == "heads":
+        targets = head_targets(model)  # raises before the merge when there is no attention
+        adapters.merge_and_unload()
+        result = one_shot_prune(model, targets, None, sparsity, criterion="magnitude", allocator=allocator,
+                                apply=False)
+        for t in targets:
+            zero_heads(t, result.masks[t.name])
+        return MergedPruning(result.masks, result.report, weight_masks=head_weight_masks(targets, result.masks))
     layers = {name: adapter.layer for name, adapter in adapters.adapters.items()}
-    model = adapters.merge_and_unload()
+    adapters.merge_and_unload()
     targets = [Target(f"{name}.weight", param=layer.weight, module_name=name) for name, layer in layers.items()]
-    return one_shot_prune(model, targets, None, sparsity, criterion="magnitude", allocator=allocator)
+    result = one_shot_prune(model, targets, None, sparsity, criterion="magnitude", allocator=allocator)
+    return MergedPruning(result.masks, result.report,
+                         weight_masks={t.name: result.masks[t.name].reshape(t.shape) for t in targets})
+
+
+def retune_program(weight_masks: Mapping[str, torch.Tensor], prefix: str = "", name: str = "retune") -> WeightSparsity:
+    """A core program that keeps ``weight_masks`` (tensor name -> element mask, ``True`` =
+    kept) fixed while the pruned model is re-tuned: ``WeightSparsity`` with those masks as
+    given scores, hard enforcement (pruned entries and their optimizer state stay zero).
+    ``prefix`` is prepended to the names (e.g. ``"model."`` when the pruned model is the
+    LightningModule's attribute ``model``)."""
+    masks = {f"{prefix}{k}": v for k, v in weight_masks.items() if k.endswith(".weight")}
+    if not masks:
+        raise ValueError("no weight masks to keep")
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    modules = [re.escape(k[: -len(".weight")]) + "$" for k in masks]
+    return WeightSparsity(schedule=1.0 - kept / total, criterion=GivenScores({k: m.float() for k, m in masks.items()}),
+                          allocator="global", enforcement="hard", include=modules, skip_head=False, name=name)
