@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsity_core.allocators.base import Allocator
@@ -90,6 +91,20 @@ class DSEE(Adapter):
 
     def delta(self) -> torch.Tensor:
         return (self.U @ self.V) * self.scaling + self.sparse_update()
+
+    def forward_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``W x + (α/r)·U (V x) + S₂ x``: the low-rank part through its factors, ``S₂`` as a sparse
+        product, so training never forms the dense ``out×in`` update nor its gradient (the
+        values' gradient is sampled at the support: ``N·tokens`` products, not ``out·in·tokens``)."""
+        out = F.linear(x, weight, bias) + F.linear(F.linear(x, self.V), self.U) * self.scaling
+        if self.n_sparse == 0:
+            return out
+        rows = torch.div(self.support, self.in_features, rounding_mode="floor")
+        indices = torch.stack([rows, self.support - rows * self.in_features])  # ascending, unique: coalesced
+        sparse = torch.sparse_coo_tensor(indices, self.values, (self.out_features, self.in_features),
+                                         is_coalesced=True, check_invariants=False)
+        flat = x.reshape(-1, self.in_features)
+        return out + torch.sparse.mm(sparse, flat.t()).t().reshape(*x.shape[:-1], self.out_features)
 
     def targets(self) -> List[Target]:
         return [Target(f"{self.name}.delta", shape=(self.out_features, self.in_features), compute=self.delta,
