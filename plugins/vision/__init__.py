@@ -24,6 +24,8 @@ _EXPORTS = {
     "fold_batchnorm": "export", "freeze_for_inference": "export", "optimize_for_inference": "export", "save_pruned": "export", "load_pruned": "export",
     "prune_channels": "oneshot", "SparseWide": "sparse_ift", "IsoFlopAllocator": "sparse_ift",
     "pruning_report": "report", "format_report": "report", "measure_latency": "latency",
+    "PAGCP": "pagcp", "pagcp_prune": "pagcp_oneshot", "JointSaliency": "saliency", "task_loss_probe": "task_probe",
+    "EquilibriumPruning": "game",
 }
 
 __all__ = sorted(_EXPORTS) + ["register"]
@@ -33,11 +35,15 @@ def register() -> None:
     """Entry point of the ``sparsity_suite.plugins`` group: registers the vision criteria
     (``group_l1``, ``group_l2``, ``bn_scale``, ``head_sensitivity``),
     enforcements (``group``, ``mask_sparsity``, ``group_envelope``), the ``iso_flop``
-    allocator of Sparse-IFT and the ``channels`` program."""
+    allocator of Sparse-IFT, the ``channels`` program, PAGCP's ``joint_saliency`` criterion
+    and ``pagcp`` allocator, and the ``game`` program (pruning as a game)."""
     import_module(f"{__name__}.channel_pruning")
     import_module(f"{__name__}.criteria")
     import_module(f"{__name__}.enforcement")
     import_module(f"{__name__}.sparse_ift")
+    import_module(f"{__name__}.saliency")
+    import_module(f"{__name__}.pagcp")
+    import_module(f"{__name__}.game")
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
