@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ import sparse_peft as recipe  # noqa: E402
 
 from sparsity_core.schedules import Cubic  # noqa: E402
 from sparsity_plugins.peft import AdapterConfig, PeftLoRA, compare_memory, inject_adapters, memory_table  # noqa: E402
+from sparsity_plugins.peft.memory import optimizer_state_bytes  # noqa: E402
 
 METHODS = ["full", "peft_lora", "snell", "pst", "dsee"]
 SPARSE = ["snell", "pst", "dsee"]
@@ -85,9 +86,9 @@ def to_rgb32(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (2, 2, 2, 2), value=float(x.min())).expand(-1, 3, -1, -1).contiguous()
 
 
-def train(model, params, x, y, epochs, lr, seed, per_step=None) -> float:
+def train(model, params, x, y, epochs, lr, seed, per_step=None) -> Tuple[float, int]:
     """AdamW epochs over ``(x, y)`` in batches of 64 (``per_step(step)`` before each step);
-    returns the median step time in ms."""
+    returns the median step time in ms and the optimizer-state bytes."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     times, step = [], 0
@@ -103,7 +104,7 @@ def train(model, params, x, y, epochs, lr, seed, per_step=None) -> float:
             opt.step()
             times.append(time.perf_counter() - t0)
             step += 1
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(times), optimizer_state_bytes(opt)
 
 
 @torch.no_grad()
@@ -144,8 +145,9 @@ def adapt(method: str, pretrained, data, epochs: int, seed: int) -> Dict[str, fl
         if method == "pst":
             ramp = Cubic(start_step=0, end_step=max(2, epochs * len(xt) // 64 // 2), final_sparsity=0.5)
             per_step = lambda step: adapters.set_sparsity(ramp.value(step))  # noqa: E731
-    ms = train(model, params, xt, yt, epochs, lr, seed, per_step)
-    return {"accuracy": accuracy(model, xe, ye), "trainable": float(sum(p.numel() for p in params)), "step_ms": ms}
+    ms, state = train(model, params, xt, yt, epochs, lr, seed, per_step)
+    return {"accuracy": accuracy(model, xe, ye), "trainable": float(sum(p.numel() for p in params)), "step_ms": ms,
+            "state_bytes": float(state)}
 
 
 def vision_runs(quick: bool, seeds: List[int]) -> Dict[str, List[Dict[str, float]]]:
@@ -187,8 +189,10 @@ def main() -> None:
     table(["method", "test acc (%)", "std", "trainable", "step (ms)"],
           [[m, f"{vis_acc[m]:.2f}", f"{sd(vision[m], 'accuracy'):.2f}", f"{int(vision[m][0]['trainable']):,}",
             f"{statistics.median(r['step_ms'] for r in vision[m]):.0f}"] for m in METHODS])
-    state = {r.method: r.optimizer_state_bytes for r in rows}
+    states = {"text": {r.method: r.optimizer_state_bytes for r in rows},
+              "vision": {m: int(vision[m][0]["state_bytes"]) for m in METHODS}}
     for name, acc in (("text", text_acc), ("vision", vis_acc)):
+        state = states[name]
         ok = acc["snell"] >= acc["peft_lora"] and state["snell"] <= state["peft_lora"]
         target(f"SNELL >= LoRA r=8 with optimizer state <= LoRA's ({name})", ok,
                f"{acc['snell']:.2f} vs {acc['peft_lora']:.2f}%, {state['snell']:,} vs {state['peft_lora']:,} B",
@@ -198,7 +202,7 @@ def main() -> None:
                f"worst {worst} {acc[worst]:.2f} vs {acc['peft_lora'] - 1.0:.2f}", ">= LoRA - 1")
     result("sparse_peft", {**{f"text_{m}": round(text_acc[m], 2) for m in METHODS},
                            **{f"vision_{m}": round(vis_acc[m], 2) for m in METHODS},
-                           "snell_state_bytes": state["snell"], "lora_state_bytes": state["peft_lora"]})
+                           "snell_state_bytes": states["text"]["snell"], "lora_state_bytes": states["text"]["peft_lora"]})
 
 
 if __name__ == "__main__":

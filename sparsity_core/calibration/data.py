@@ -95,7 +95,7 @@ def checked_forward(forward: Optional[Forward], what: str) -> Forward:
             if isinstance(batch, Mapping):
                 return model(**batch)
             return default_forward(model, batch)
-        except (RuntimeError, IndexError, TypeError) as err:
+        except (RuntimeError, IndexError, TypeError, AssertionError) as err:  # timm asserts input sizes
             raise ValueError(f"{what}: a calibration batch (shapes {describe_batch(batch)}) does not fit "
                              f"the model: {err}") from err
 
