@@ -22,7 +22,10 @@ pattern fixes every layer's density, so OWL does not apply).
 - SliceGPT at 25% slicing (hidden 384 -> 288, post-LN: one basis per residual segment,
   computed sequentially; the last norm maps back to 384 so the embedding keeps its size);
 - CATS at 50% activation sparsity on the 6 intermediate GELUs (thresholds from the
-  calibration windows; activation sparsity measured on them and on the SST-2 dev sentences).
+  calibration windows; activation sparsity measured on them and on the SST-2 dev sentences);
+- CFSP at 25% and 50% of the FFN channels (quick: 50%): blocks' budgets from the angular
+  distance between their input and output, channels by relative weight importance times
+  activation, removed physically.
 
 Evaluation (SST-2 from ../shared/data): embedding fidelity = mean cosine between the pruned
 and the dense model's embeddings of the dev sentences (872; quick: 96); probe = accuracy on
@@ -49,7 +52,7 @@ from _common import parser, result, start, table, target
 from _common import progress as _progress
 from _text import embed, minilm, probe_accuracy, sst2, wikitext_windows
 from sparsity_core.allocators import OWL
-from sparsity_core.calibration import (DSnoT, calibrate_cats, calibrate_prune, essential_sparsity,
+from sparsity_core.calibration import (DSnoT, calibrate_cats, cfsp_prune, calibrate_prune, essential_sparsity,
                                        measure_activation_sparsity, slice_gpt, wanda_targets)
 from sparsity_core.discovery import discover_targets
 from sparsity_core.observe import ActivationObserver
@@ -169,6 +172,22 @@ def main():
                  f"activation sparsity: calibration {calib_sp:.3f}, SST-2 eval sentences {dev_sp:.3f}"])
     progress(f"cats: fidelity {f:.4f}, probe {a}")
     del cats_model
+    slice_fid, cats_fid = rows[-2][3], rows[-1][3]
+
+    # CFSP: FFN channels, coarse (block angular distance) to fine (relative importance x activation)
+    cfsp_fid = {}
+    for level in ((0.5,) if quick else (0.25, 0.5)):
+        pruned = copy.deepcopy(model)
+        before = sum(p.numel() for p in pruned.parameters())
+        cf = cfsp_prune(pruned, calib, level, forward=lambda m, b: m(**b))
+        _, f, a = evaluate(pruned, dense_dev, probe=not quick)
+        cfsp_fid[level] = f
+        keeps = "/".join(str(cf.keep[f"encoder.layer.{i}.ffn"]) for i in range(6))
+        rows.append(["cfsp", f"{level:.0%} FFN ch.", "blocks", f, a, 1e3 * cf.seconds / 6,
+                     f"kept channels per layer {keeps} of 1536; params {before / 1e6:.2f}M->"
+                     f"{sum(p.numel() for p in pruned.parameters()) / 1e6:.2f}M"])
+        progress(f"cfsp {level:.0%}: fidelity {f:.4f}, probe {a}")
+        del pruned
 
     print(f"MiniLM-L6 one-shot calibration pruning ({'quick' if quick else 'full'}): {n_calib} WikiText-2 "
           f"windows x 128 tokens; SST-2 dev {len(dev_x)} sentences, probe train {len(train_x)}; "
@@ -203,7 +222,8 @@ def main():
            f"wanda {wanda_ms:.1f} ms, wanda+dsnot {dsnot_ms:.1f} ms, slicegpt {slice_ms:.0f} ms, cats {cats_ms:.0f} ms "
            f"per layer; calibration pass {1e3 * calib_s / n_layers:.0f} ms per Linear", "printed")
     values = {"dense_probe": dense_acc, "fid_mag60": m60, "fid_wanda60": w60, "fid_wanda70": s70, "fid_dsnot70": d70,
-              "probe_mag60": am60, "probe_wanda60": aw60, "fid_slicegpt25": rows[-2][3], "fid_cats50": rows[-1][3],
+              "probe_mag60": am60, "probe_wanda60": aw60, "fid_slicegpt25": slice_fid, "fid_cats50": cats_fid,
+              "fid_cfsp50": cfsp_fid[0.5],
               "cats_calib_sparsity": calib_sp, "ms_per_layer_wanda": wanda_ms, "ms_per_layer_dsnot": dsnot_ms,
               "threads": args.threads, "quick": int(quick), "seconds": time.perf_counter() - began}
     result("calibration", values)

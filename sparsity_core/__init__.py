@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import allocators, criteria, enforcement, schedules  # noqa: F401  (registers components)
+from . import tickets  # noqa: F401  (registers the "concrete" criterion and the "cts" program)
 from .allocators import ERK, LAMP, Allocator, Budget, GlobalRank, Uniform
 from .controller import SparsityController
 from .criteria import Criterion, Magnitude, Movement, RandomScores, ScoreContext, Taylor, Wanda
