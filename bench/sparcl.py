@@ -1,0 +1,99 @@
+"""SparCL on Split-MNIST: dense ER, dense DER++ and SparCL + DER++ at 75% and 90% weight
+sparsity, with the 90% run repeated without DDR and without DGM (ablation).
+
+Split-MNIST (../shared/data): 5 class-incremental tasks of 2 digits, evaluated on every
+seen task after each task (class-IL average accuracy and forgetting; task-IL average
+accuracy beside). One MLP (784-256-256-10, LayerNorm after each hidden layer, random init)
+for every method; SGD lr 0.03 without momentum, batch 32, 2 epochs per task, reservoir
+buffer of 200 or 500, DER++ α = 0.1, β = 0.5 (SparCL's released setting).
+
+SparCL (Wang et al., NeurIPS 2022): TDM (importance |w| + 0.5|g|; every half epoch of a task,
+prune a tenth of the kept weights below the target density, then regrow at random; task-aware
+logit masking), DDR (30% of each task's examples removed by forgetting counts, in 2 rounds
+half an epoch apart), DGM (top 20% of |gradient| among kept weights, refreshed every 30
+steps). The head stays dense.
+
+Training FLOPs are counted by the plugin's ``TrainingFlops`` (forward + input gradient at the
+weight density, weight gradient at the gradient density, every example processed: current
+and replayed; removed examples cost nothing); ratios are dense DER++'s count over a run's
+count (a MAC ratio, not a speedup).
+
+Target (issue 15): SparCL at 90% within 1 pt of dense DER++ average accuracy with >= 5x
+fewer training FLOPs. ``--quick``: 6,000 training images, 2,000 test images, buffer 200, one
+seed. Full: 60,000 / 10,000, buffers 200 and 500, 3 seeds.
+"""
+from __future__ import annotations
+
+import time
+
+from _common import mean_std, parser, progress, result, start, table, target
+from _data import mnist_tensors
+from sparsity_plugins.continual import ExperimentConfig, TaskStream, run_experiment, split_classes
+
+BASE = dict(hidden=(256, 256), norm=True, epochs=2, lr=0.03, alpha=0.1, beta=0.5, tdm_every=0.5, ddr_every=0.5,
+            ddr_rounds=2)
+CONFIGS = {
+    "ER": dict(method="er"),
+    "DER++": dict(method="derpp"),
+    "SparCL-75": dict(method="derpp", sparsity=0.75),
+    "SparCL-90": dict(method="derpp", sparsity=0.9),
+    "SparCL-90 no DDR": dict(method="derpp", sparsity=0.9, ddr_fraction=None),
+    "SparCL-90 no DGM": dict(method="derpp", sparsity=0.9, gradient_keep=None),
+}
+
+
+def stream(n_train: int, n_test: int) -> TaskStream:
+    (x, y), (xt, yt) = mnist_tensors(train=True), mnist_tensors(train=False)
+    return TaskStream((x[:n_train], y[:n_train]), (xt[:n_test], yt[:n_test]), split_classes(10, 5), batch_size=32)
+
+
+def main():
+    args = parser(__doc__, seeds=True).parse_args()
+    start(args)
+    n_train, n_test, buffers, seeds = (6000, 2000, (200,), args.seeds or 1) if args.quick else \
+        (60000, 10000, (200, 500), args.seeds or 3)
+    data = stream(n_train, n_test)
+    began = time.perf_counter()
+    runs = {}
+    for buffer in buffers:
+        for seed in range(seeds):
+            for name, extra in CONFIGS.items():
+                r = run_experiment(data, ExperimentConfig(**{**BASE, **extra, "buffer_size": buffer, "seed": seed}))
+                runs.setdefault((buffer, name), []).append(r)
+                progress(f"buffer {buffer} seed {seed} {name}: acc {100 * r['average_accuracy']:.2f}% "
+                         f"macs {r['macs']:.3g} ({r['seconds']:.0f}s)")
+    acc_mean, acc_std = mean_std({k: [100 * r["average_accuracy"] for r in v] for k, v in runs.items()})
+    fgt_mean, _ = mean_std({k: [100 * r["forgetting"] for r in v] for k, v in runs.items()})
+    til_mean, _ = mean_std({k: [100 * r["task_il"] for r in v] for k, v in runs.items()})
+    macs, _ = mean_std({k: [r["macs"] for r in v] for k, v in runs.items()})
+    examples, _ = mean_std({k: [float(r["examples"]) for r in v] for k, v in runs.items()})
+    rows = []
+    for (buffer, name) in runs:
+        ratio = macs[(buffer, "DER++")] / macs[(buffer, name)]
+        rows.append([buffer, name, f"{acc_mean[(buffer, name)]:.2f} ± {acc_std[(buffer, name)]:.2f}",
+                     f"{fgt_mean[(buffer, name)]:.2f}", f"{til_mean[(buffer, name)]:.2f}",
+                     f"{macs[(buffer, name)]:.3g}", f"{examples[(buffer, name)]:.0f}", f"{ratio:.2f}x"])
+    print(f"Split-MNIST class-IL, {n_train} train / {n_test} test images, {seeds} seed(s), threads {args.threads}, "
+          f"{time.perf_counter() - began:.0f}s")
+    table(["buffer", "method", "avg acc %", "forgetting %", "task-IL %", "train MACs", "examples",
+           "MACs vs DER++"], rows)
+    print("\nAccuracy matrix (class-IL, %), buffer", buffers[0], "seed 0, SparCL-90:")
+    print(runs[(buffers[0], "SparCL-90")][0]["matrix_text"])
+    values = {}
+    for buffer in buffers:
+        dense, sparse = acc_mean[(buffer, "DER++")], acc_mean[(buffer, "SparCL-90")]
+        ratio = macs[(buffer, "DER++")] / macs[(buffer, "SparCL-90")]
+        target(f"SparCL-90 accuracy within 1 pt of dense DER++ (buffer {buffer})", sparse >= dense - 1.0,
+               f"{sparse:.2f}%", f">= {dense - 1.0:.2f}% (DER++ {dense:.2f}% - 1)")
+        target(f"SparCL-90 >= 5x fewer training FLOPs than dense DER++ (buffer {buffer})", ratio >= 5.0,
+               f"{ratio:.2f}x", ">= 5x")
+        for name in CONFIGS:
+            key = name.lower().replace("++", "pp").replace(" ", "_").replace("-", "")
+            values[f"{key}_acc_b{buffer}"] = round(acc_mean[(buffer, name)], 2)
+            if name != "DER++":
+                values[f"{key}_flops_x_b{buffer}"] = round(macs[(buffer, "DER++")] / macs[(buffer, name)], 2)
+    result("sparcl", values)
+
+
+if __name__ == "__main__":
+    main()
