@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import parser, progress, result, start, table, target
-from _data import mnist_split
+from _data import cifar10_split, mnist_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import sparse_peft as recipe  # noqa: E402
@@ -113,17 +113,6 @@ def accuracy(model, x, y) -> float:
     return sum(int((model(x[i:i + 500]).argmax(-1) == y[i:i + 500]).sum()) for i in range(0, len(x), 500)) / len(x)
 
 
-def cifar_tensors(n_train: int, n_test: int):
-    root = recipe.shared_root()
-    cache = Path(__file__).resolve().parent / "out" / "data"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    from vision_channel_pruning import cifar10
-
-    train_ds, test_ds = cifar10(root, cache, 32, n_train, n_test, seed=0, augment=False)
-    stack = lambda ds: (torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor([ds[i][1] for i in range(len(ds))]))  # noqa: E731
-    return stack(train_ds), stack(test_ds)
-
-
 def adapt(method: str, pretrained, data, epochs: int, seed: int) -> Dict[str, float]:
     (xt, yt), (xe, ye) = data
     torch.manual_seed(seed)
@@ -157,7 +146,7 @@ def vision_runs(quick: bool, seeds: List[int]) -> Dict[str, List[Dict[str, float
     base = vit()
     train(base, list(base.parameters()), to_rgb32(xm), ym, mnist_epochs, 1e-3, 0)
     pretrained = {k: v.clone() for k, v in base.state_dict().items()}
-    data = cifar_tensors(n_train, n_test)
+    data = cifar10_split(n_train, n_test)
     out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
     for seed in seeds:
         for method in METHODS:
