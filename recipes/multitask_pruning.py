@@ -56,18 +56,31 @@ from sparsity_core.sweep import RunContext, sweep_run  # noqa: E402 - after the 
 CONFIG = REPO / "recipes" / "multitask_pruning.yaml"
 SHARED = Path(os.environ.get("SPARSITY_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = REPO / "recipes" / "out" / "data"
-TASKS = {"digit": 10, "parity": 2, "ge5": 2}  # task -> classes
+TASKS = {"digit": 10, "parity": 2, "ge5": 2, "rotation": 4}  # task -> classes
+DEFAULT_TASKS = ("digit", "parity", "ge5")
+
+
+def rotate_quarter_turns(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Image ``i`` turned by ``(i mod 4)`` quarter turns, and that count: the ``rotation`` task's
+    input and label (an orientation feature the digit does not determine)."""
+    turns = torch.arange(len(x)) % 4
+    out = x.clone()
+    for k in range(1, 4):
+        out[turns == k] = torch.rot90(x[turns == k], k, dims=(2, 3))
+    return out, turns
 SET_BY_RECIPE = ("callbacks", "logger", "enable_checkpointing", "default_root_dir", "accelerator", "devices")
 
 
 def task_labels(task: str, digits: torch.Tensor) -> torch.Tensor:
-    """The label of ``task`` for each digit."""
+    """The label of ``task`` for each digit (``rotation``: see :func:`rotate_quarter_turns`)."""
     if task == "digit":
         return digits
     if task == "parity":
         return digits % 2
     if task == "ge5":
         return (digits >= 5).long()
+    if task == "rotation":
+        raise ValueError("rotation labels come with the rotated images: use rotate_quarter_turns(images)")
     raise ValueError(f"unknown task {task!r}. Valid: {', '.join(TASKS)}.")
 
 
@@ -106,7 +119,7 @@ class MnistTasks(pl.LightningDataModule):
     """
 
     def __init__(self, root: Optional[str] = None, train_subset: Optional[int] = 20000,
-                 test_subset: Optional[int] = None, batch_size: int = 128, tasks: Sequence[str] = tuple(TASKS),
+                 test_subset: Optional[int] = None, batch_size: int = 128, tasks: Sequence[str] = DEFAULT_TASKS,
                  seed: int = 0) -> None:
         super().__init__()
         self.root = str(root or SHARED)
@@ -116,7 +129,10 @@ class MnistTasks(pl.LightningDataModule):
     def _split(self, train: bool, n: Optional[int]) -> TensorDataset:
         x, digits = mnist(self.root, train)
         x, digits = x[:n], digits[:n]
-        return TensorDataset(x, *(task_labels(t, digits) for t in self.tasks))
+        labels = {}
+        if "rotation" in self.tasks:
+            x, labels["rotation"] = rotate_quarter_turns(x)
+        return TensorDataset(x, *(labels[t] if t in labels else task_labels(t, digits) for t in self.tasks))
 
     def setup(self, stage: str) -> None:
         self.train = self._split(True, self.train_subset)
@@ -148,7 +164,7 @@ class MultiTaskNet(pl.LightningModule):
         lr, weight_decay: AdamW, with a cosine decay over the fit.
     """
 
-    def __init__(self, tasks: Sequence[str] = tuple(TASKS), width: int = 16, hidden: int = 64, lr: float = 3e-3,
+    def __init__(self, tasks: Sequence[str] = DEFAULT_TASKS, width: int = 16, hidden: int = 64, lr: float = 3e-3,
                  weight_decay: float = 1e-4) -> None:
         super().__init__()
         self.tasks, self.lr, self.weight_decay = tuple(tasks), lr, weight_decay
@@ -224,7 +240,7 @@ def run_one(ctx: RunContext) -> Dict[str, Any]:
     warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     pl.seed_everything(ctx.seed, verbose=False)
-    tasks = ctx.tasks or tuple(TASKS)
+    tasks = ctx.tasks or DEFAULT_TASKS
     params = ctx.params
     trainer_args = {"max_epochs": 2, **(params.get("trainer") or {})}
     data = MnistTasks(**(params.get("data") or {}), tasks=tasks, seed=ctx.seed)

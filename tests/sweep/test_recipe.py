@@ -24,13 +24,13 @@ def test_bad_params_are_refused_before_any_run(tmp_path):
     raw = read_yaml(YAML)
     raw["params"]["model"]["widht"] = 8
     raw["params"]["trainer"]["callbacks"] = []
-    raw["grid"]["tasks"] = ["digit+rotation"]
+    raw["grid"]["tasks"] = ["digit+colour"]
     with pytest.raises(SweepConfigError) as info:
         load_config(raw, base_dir=YAML.parent)
     text = str(info.value)
     assert "unknown parameter 'widht'. Did you mean 'width'?" in text
     assert "params.trainer.callbacks is set by the recipe" in text
-    assert "unknown task 'rotation'" in text and "Valid: digit, parity, ge5." in text
+    assert "unknown task 'colour'" in text and "Valid: digit, parity, ge5, rotation." in text
 
 
 @pytest.mark.skipif(not SHARED_DATA, reason="MNIST (../shared/data/mnist) is not available")
@@ -48,3 +48,18 @@ def test_a_tiny_grid_runs_on_mnist(tmp_path):
     assert set(rec["metrics"]) >= {"acc/digit", "acc/parity", "loss/digit", "sparsity"}
     assert rec["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01) and rec["metrics"]["steps"] == 4
     assert "### acc — task set `digit+parity`, task `parity`" in result.table
+
+
+def test_rotation_task_turns_image_i_by_i_mod_4_quarter_turns():
+    import torch
+
+    from ..recipes import load_recipe
+
+    recipe = load_recipe("multitask_pruning.py")
+    x = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 1, 2, 2)
+    out, turns = recipe.rotate_quarter_turns(x)
+    assert turns.tolist() == [0, 1, 2, 3, 0]
+    assert out[1, 0].tolist() == [[5.0, 7.0], [4.0, 6.0]]  # [[4, 5], [6, 7]] a quarter turn counter-clockwise
+    assert torch.equal(out[2], x[2].flip(1).flip(2)) and torch.equal(out[0], x[0]) and torch.equal(out[4], x[4])
+    with pytest.raises(ValueError, match="rotation labels come with the rotated images"):
+        recipe.task_labels("rotation", torch.zeros(2, dtype=torch.long))
