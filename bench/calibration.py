@@ -25,7 +25,9 @@ pattern fixes every layer's density, so OWL does not apply).
   calibration windows; activation sparsity measured on them and on the SST-2 dev sentences);
 - CFSP at 25% and 50% of the FFN channels (quick: 50%): blocks' budgets from the angular
   distance between their input and output, channels by relative weight importance times
-  activation, removed physically.
+  activation, removed physically;
+- FTP at 25% and 50% token sparsity: small learned routers (on the frozen model, distilled
+  from it on the calibration windows) let tokens skip blocks (``bench/_ftp_rows.py``).
 
 Evaluation (SST-2 from ../shared/data): embedding fidelity = mean cosine between the pruned
 and the dense model's embeddings of the dev sentences (872; quick: 96); probe = accuracy on
@@ -51,6 +53,7 @@ import time
 from _common import parser, result, start, table, target
 from _common import progress as _progress
 from _text import embed, minilm, probe_accuracy, sst2, wikitext_windows
+from _ftp_rows import ftp_rows
 from sparsity_core.allocators import OWL
 from sparsity_core.calibration import (DSnoT, calibrate_cats, cfsp_prune, calibrate_prune, essential_sparsity,
                                        measure_activation_sparsity, slice_gpt, wanda_targets)
@@ -189,6 +192,11 @@ def main():
         progress(f"cfsp {level:.0%}: fidelity {f:.4f}, probe {a}")
         del pruned
 
+    # FTP: learned token routers at 25% / 50% token sparsity (bench/_ftp_rows.py)
+    ftp_table, ftp_values = ftp_rows(model, tok, calib, dev_x, dev_y, train_x, train_y, dense_dev,
+                                     steps=20 if quick else 60, probe=not quick, progress=progress)
+    rows += ftp_table
+
     print(f"MiniLM-L6 one-shot calibration pruning ({'quick' if quick else 'full'}): {n_calib} WikiText-2 "
           f"windows x 128 tokens; SST-2 dev {len(dev_x)} sentences, probe train {len(train_x)}; "
           f"torch threads {args.threads}")
@@ -226,6 +234,7 @@ def main():
               "fid_cfsp50": cfsp_fid[0.5],
               "cats_calib_sparsity": calib_sp, "ms_per_layer_wanda": wanda_ms, "ms_per_layer_dsnot": dsnot_ms,
               "threads": args.threads, "quick": int(quick), "seconds": time.perf_counter() - began}
+    values.update(ftp_values)
     result("calibration", values)
 
 
