@@ -104,7 +104,9 @@ def test_only_router_parameters_receive_gradients_and_model_flags_are_restored()
 
 
 def test_gathered_execution_equals_masked_execution_with_padding():
-    model = tiny_bert()
+    # one routed block: with two, rounding differences between the two executions of the first
+    # block can flip a borderline token's routing decision in the second (thread-count dependent)
+    model = tiny_bert(layers=1)
     batches = text_batches(pad=True)
     routing = train_token_router(model, batches, 0.5, steps=5, forward=hf, allocation="uniform")
     b = batches[0]
