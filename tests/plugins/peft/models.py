@@ -45,3 +45,28 @@ def bert_input(n: int = 2, length: int = 7) -> dict:
     g = torch.Generator().manual_seed(1)
     return {"input_ids": torch.randint(0, 40, (n, length), generator=g),
             "attention_mask": torch.ones(n, length, dtype=torch.long)}
+
+
+def lit_mlp(weight_decay: float = 0.01):
+    """The MLP as a LightningModule: cross-entropy loss, AdamW (lr 0.05, ``weight_decay``) over
+    the parameters that require gradients."""
+    import pytorch_lightning as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = MLP()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=0.05,
+                                     weight_decay=weight_decay)
+
+    return Module()

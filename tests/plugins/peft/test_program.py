@@ -11,31 +11,14 @@ from sparsity_core.allocators.budget import kept_count
 from sparsity_core.program import Host
 from sparsity_plugins.peft import SparseAdapters
 
-from .models import MLP
-
-
-class Module(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = MLP()
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=0.05)
+from .models import lit_mlp
 
 
 def fit(program, steps=6):
     g = torch.Generator().manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)),
                       batch_size=8)
-    module = Module()
+    module = lit_mlp()
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[SparsityCallback(programs=[program])])
@@ -78,7 +61,7 @@ def test_registered_by_name_and_finalize_merges_for_good():
 
 
 def test_attach_errors_leave_the_model_unchanged_and_detach_restores_it():
-    module = Module()
+    module = lit_mlp()
     keys = set(module.state_dict())
     with pytest.raises(ValueError, match="matches no module name in full"):
         SparseAdapters("fc1", method="lora").attach(Host(model=module))

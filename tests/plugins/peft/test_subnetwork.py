@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sparsity_core import SparsityCallback
 from sparsity_plugins.peft import SubnetworkTuning, select_subnetwork
 
-from .models import MLP
+from .models import MLP, lit_mlp
 
 
 def data(seed=0, n=32):
@@ -82,22 +82,6 @@ def test_bad_configuration_is_refused_at_construction(kwargs, message):
         SubnetworkTuning(**kwargs)
 
 
-class Module(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = MLP()
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return loss_fn(self, batch)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=0.05, weight_decay=0.1)
-
-
 def fit(program, epochs, tmp_path=None, ckpt_path=None, module=None):
     """``epochs`` epochs of 4 steps."""
     x, y = data()
@@ -107,7 +91,7 @@ def fit(program, epochs, tmp_path=None, ckpt_path=None, module=None):
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=tmp_path is not None, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=callbacks)
-    module = module or Module()
+    module = module or lit_mlp(weight_decay=0.1)
     base = {k: v.clone() for k, v in module.state_dict().items()}
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8), ckpt_path=ckpt_path)
     return trainer, module, base
