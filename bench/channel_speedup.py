@@ -19,6 +19,10 @@ Latency: one forward of each configuration per round, rotated, warm-up, median o
 repeats, ``torch.inference_mode``. MACs counted with Torch-Pruning's counter. Targets (issue
 12): ours + export >= Torch-Pruning + export at equal MACs on each model; pruned + export vs
 dense + export >= 0.85 of the MACs ratio on resnet50 and convnext_atto, >= 0.9 on vit_small.
+Where ours and Torch-Pruning's results hold the same tensors bit for bit (resnet50: uniform
+allocation at the MAC budget keeps the same channels as its 50 % per group), they are one
+model and the first target holds by identity; the table still shows both timings, whose gap
+is then the timing noise of this machine.
 """
 from __future__ import annotations
 
@@ -84,12 +88,23 @@ def exported(model, x):
     return fast, x.contiguous(memory_format=fmt), tag, err
 
 
+def sameness(a, b) -> str:
+    """``"identical"`` when two pruned models hold the same tensors bit for bit, ``"same shapes"``
+    when only their architectures agree, else ``"different"``."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if [tuple(t.shape) for t in sa.values()] != [tuple(t.shape) for t in sb.values()]:
+        return "different"
+    return "identical" if all(torch.equal(x, y) for x, y in zip(sa.values(), sb.values())) else "same shapes"
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to run")
+    args = p.parse_args()
     start(args)
     batch, size, repeats = (8, 160, 3) if args.quick else (32, 224, 7)
     rows, checks, res = [], [], {}
-    for name, share in MODELS.items():
+    for name, share in ((m, MODELS[m]) for m in args.models):
         torch.manual_seed(0)
         dense = timm.create_model(name, pretrained=False, num_classes=1000,
                                   **({"img_size": size} if "vit" in name else {})).eval()
@@ -104,7 +119,9 @@ def main() -> None:
             fast, xf, tags[base], err = exported(model, x)
             models[base + "+export"], inputs[base + "+export"] = fast, xf
             errs.append(err)
-        progress(f"{name}: pruned and exported ({tags}, max |export - model| = {max(errs):.2e}); timing")
+        same = sameness(anchor, ours)
+        progress(f"{name}: pruned and exported ({tags}, max |export - model| = {max(errs):.2e}); "
+                 f"ours vs Torch-Pruning: {same}; timing")
         ms = interleaved_latency(models, inputs, repeats=repeats)
         for c in CONFIGS:
             base = c.split("+")[0]
@@ -116,14 +133,17 @@ def main() -> None:
         res.update({f"{short}_tp_export_x": sp["tp+export"], f"{short}_ours_export_x": sp["ours+export"],
                     f"{short}_ours_x": ms["dense"] / ms["ours"], f"{short}_export_x": ms["dense"] / ms["dense+export"],
                     f"{short}_macs_x": macs["dense"] / macs["ours"]})
-        checks.append((name, share, sp, macs["dense"] / macs["tp"], macs["dense"] / macs["ours"]))
+        checks.append((name, share, sp, macs["dense"] / macs["tp"], macs["dense"] / macs["ours"], same))
         rows.append(["", "", "", "", "", "", ""])
     print(f"batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, median of {repeats} interleaved repeats; "
           "speed-up vs its reference: +export rows vs dense+export, others vs dense")
     table(["model", "config", "MACs ratio", "ms", "speed-up vs ref", "vs dense", "export"], rows[:-1])
-    for name, share, sp, m_tp, m_ours in checks:
-        target(f"{name} ours+export >= Torch-Pruning+export at equal MACs", sp["ours+export"] >= sp["tp+export"],
-               f"{sp['ours+export']:.2f}x at MACs {m_ours:.2f}x", f"{sp['tp+export']:.2f}x at MACs {m_tp:.2f}x")
+    for name, share, sp, m_tp, m_ours, same in checks:
+        # the same tensors bit for bit are the same model: any measured gap between them is noise
+        target(f"{name} ours+export >= Torch-Pruning+export at equal MACs",
+               same == "identical" or sp["ours+export"] >= sp["tp+export"],
+               f"{sp['ours+export']:.2f}x at MACs {m_ours:.2f}x", f"{sp['tp+export']:.2f}x at MACs {m_tp:.2f}x; "
+               f"ours vs Torch-Pruning: {same}")
         target(f"{name} ours+export vs dense+export >= {share} of the MACs ratio",
                sp["ours+export"] >= share * m_ours, f"{sp['ours+export']:.2f}x = {sp['ours+export'] / m_ours:.2f} "
                f"of {m_ours:.2f}x", f">= {share}")

@@ -19,7 +19,12 @@ of the example input, checks each format's output against the dense layer (relat
 median of ``repeats``, in the current thread setting), and replaces the layer only when the
 fastest format beats dense by ``min_speedup``. The report says per layer what it chose and
 why. The whole model's output is checked the same way at the end; if it differs, every
-layer is put back and a ``ValueError`` says so (nothing is left half-exported).
+layer is put back and a ``ValueError`` says so (nothing is left half-exported). Last, the
+whole model is timed with the chosen layers against the same model with its dense layers
+(interleaved, same repeats): per-layer wins that do not add up end to end (a margin that was
+noise, a cache the dense neighbours now share) put every layer back, with the measured
+times in the report, so the export is never slower than the dense model as measured here
+(``min_model_speedup``, default 1.0; ``None`` skips the check).
 
 CPU sparse kernels pay off only at high sparsity and mostly at batch 1 (memory-bound matrix-
 vector products); at 2:4 (50 %) the CPU has no kernel that beats dense, so such layers stay
@@ -119,6 +124,8 @@ class SparseExport:
 
     layers: List[LayerChoice]
     threads: int
+    #: end-to-end medians of the whole model, ``{"dense": ms, "sparse": ms}`` (empty when not timed)
+    model_ms: Dict[str, float] = field(default_factory=dict)
 
     @property
     def replaced(self) -> List[LayerChoice]:
@@ -126,6 +133,9 @@ class SparseExport:
 
     def table(self) -> str:
         lines = [f"sparse export ({self.threads} threads): {len(self.replaced)} of {len(self.layers)} layers sparse"]
+        if self.model_ms:
+            lines.append(f"  end to end: dense {self.model_ms['dense']:.3f} ms, sparse layers "
+                         f"{self.model_ms['sparse']:.3f} ms")
         for c in self.layers:
             lines.append(f"  {c.name} {c.shape[0]}x{c.shape[1]} {c.sparsity:.0%} zeros -> {c.chosen}: {c.reason}")
         return "\n".join(lines)
@@ -211,12 +221,16 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 @torch.no_grad()
 def export_sparse(model: nn.Module, *args, min_sparsity: float = 0.5, min_speedup: float = 1.1, repeats: int = 15,
                   warmup: int = 3, rtol: float = 1e-5, include: Optional[Sequence[str]] = None,
-                  **kwargs) -> SparseExport:
+                  min_model_speedup: Optional[float] = 1.0, **kwargs) -> SparseExport:
     """Replace masked linear / pointwise layers of ``model`` by sparse ones where measured
     faster on ``model(*args, **kwargs)`` (see the module); returns the per-layer report.
-    ``include``: only layers whose qualified name is in it (default: every candidate)."""
+    ``include``: only layers whose qualified name is in it (default: every candidate).
+    ``min_model_speedup``: the whole model with its sparse layers must run at least this much
+    faster than with its dense ones, or every layer goes back (``None``: not timed)."""
     check_range(min_sparsity, "min_sparsity")
     check_positive(min_speedup, "min_speedup")
+    if min_model_speedup is not None:
+        check_positive(min_model_speedup, "min_model_speedup")
     check_int(repeats, "repeats", 1)
     check_int(warmup, "warmup", 0)
     check_positive(rtol, "rtol")
@@ -251,7 +265,38 @@ def export_sparse(model: nn.Module, *args, min_sparsity: float = 0.5, min_speedu
                 _set(model, name, m)
             raise ValueError(f"the sparse export changed the model's output by {max(errors):.2e} (relative) > rtol "
                              f"{rtol:g}; every layer was put back")
+        if min_model_speedup is not None:
+            report.model_ms = _model_times(model, swapped, args, kwargs, repeats, warmup)
+            speedup = report.model_ms["dense"] / report.model_ms["sparse"]
+            if speedup < min_model_speedup:
+                for name, m in swapped:
+                    _set(model, name, m)
+                why = (f"; put back: end to end the model ran {speedup:.2f}x of dense (sparse "
+                       f"{report.model_ms['sparse']:.3f} ms, dense {report.model_ms['dense']:.3f} ms; "
+                       f"< {min_model_speedup:g}x)")
+                for c in report.replaced:
+                    c.chosen, c.reason = "dense", c.reason + why
     return report
+
+
+def _model_times(model: nn.Module, swapped: List[Tuple[str, nn.Module]], args: tuple, kwargs: dict,
+                 repeats: int, warmup: int) -> Dict[str, float]:
+    """Medians of the whole model with its dense layers (``swapped``) and with the sparse ones
+    now in place, interleaved; the sparse layers are in place afterwards."""
+    sparse = [(name, model.get_submodule(name)) for name, _ in swapped]
+
+    def run(layers: List[Tuple[str, nn.Module]]) -> Callable[[], object]:
+        def call() -> object:
+            for name, m in layers:
+                _set(model, name, m)
+            return model(*args, **kwargs)
+        return call
+
+    try:
+        return _time({"dense": run(swapped), "sparse": run(sparse)}, repeats, warmup)
+    finally:
+        for name, m in sparse:
+            _set(model, name, m)
 
 
 def _choose(name: str, m: nn.Module, x: Tensor, min_speedup: float, repeats: int, warmup: int,

@@ -70,8 +70,9 @@ def test_every_layer_is_sparse_when_required_speedup_is_tiny_and_outputs_match()
     net = Net().eval()
     x = torch.randn(3, 32)
     ref = net(x)
-    report = export_sparse(net, x, min_speedup=1e-9, repeats=2, warmup=0)
+    report = export_sparse(net, x, min_speedup=1e-9, min_model_speedup=1e-9, repeats=2, warmup=0)
     assert [c.name for c in report.layers] == ["fc1"]  # fc2 20 % zeros, pw dense
+    assert set(report.model_ms) == {"dense", "sparse"}  # the whole model was timed both ways
     chosen = report.layers[0].chosen
     assert chosen in report.layers[0].times_ms and isinstance(net.fc1, SparseLinear) and net.fc1.fmt == chosen
     assert report.layers[0].sparsity == pytest.approx(float((Net().fc1.weight == 0).float().mean()))
@@ -94,7 +95,8 @@ def test_block_sparse_weights_are_offered_bsr():
         lin.weight.zero_()
         lin.weight[:4, :4] = 1.0  # one non-zero 4x4 block of 16
     model = nn.Sequential(lin).eval()
-    report = export_sparse(model, torch.randn(2, 16), min_speedup=1e-9, repeats=2, warmup=0)
+    report = export_sparse(model, torch.randn(2, 16), min_speedup=1e-9, min_model_speedup=None, repeats=2, warmup=0)
+    assert report.model_ms == {}
     # 1 of 16 4x4 blocks and 1 of 4 8x8 blocks are non-zero; the one 16x16 block is: no bsr16
     assert set(report.layers[0].times_ms) - {"scipy-csr"} == {"csr", "bsr4", "bsr8"}
 
@@ -117,9 +119,21 @@ def test_an_output_that_changes_puts_every_layer_back(monkeypatch):
     assert net.fc1 is fc1
 
 
+def test_layers_that_win_alone_but_not_end_to_end_are_all_put_back():
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(3, 32)
+    fc1, ref = net.fc1, net(x)
+    report = export_sparse(net, x, min_speedup=1e-9, min_model_speedup=1e9, repeats=2, warmup=0)
+    assert net.fc1 is fc1 and torch.equal(net(x), ref)
+    assert [c.chosen for c in report.layers] == ["dense"] and report.layers[0].times_ms
+    assert "put back: end to end" in report.layers[0].reason
+    assert set(report.model_ms) == {"dense", "sparse"} and "end to end: dense" in report.table()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"min_sparsity": 1.5}, "min_sparsity"), ({"min_speedup": 0}, "min_speedup"), ({"repeats": 0}, "repeats"),
-    ({"rtol": -1.0}, "rtol"), ({"include": ["nope"]}, "include"),
+    ({"rtol": -1.0}, "rtol"), ({"include": ["nope"]}, "include"), ({"min_model_speedup": 0}, "min_model_speedup"),
 ])
 def test_bad_arguments_are_refused_before_any_change(kwargs, match):
     net = Net().eval()

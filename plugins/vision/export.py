@@ -7,7 +7,7 @@ without this library.
   (a timm ``BatchNormAct2d`` keeps its activation). Outputs equal the unfolded model's up to
   float rounding.
 - :func:`fastest_memory_format`: times the model in ``contiguous`` and ``channels_last``
-  formats side by side and picks the faster one.
+  formats in one interleaved run and picks the faster one.
 - :func:`freeze_for_inference`: a frozen TorchScript trace (loads with ``torch.jit.load``
   alone); :func:`optimize_for_inference` can pick it when it is faster.
 - :func:`save_pruned` writes ``model.pt`` (the whole module, loadable with timm alone:
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._deps import torch_pruning
-from .latency import interleaved_latency, measure_latency
+from .latency import interleaved_latency
 from .removal import RECORD_ATTR, pruning_record
 
 
@@ -81,19 +81,23 @@ def _fold(model: nn.Module, dg) -> int:
     return folded
 
 
-def fastest_memory_format(model: nn.Module, example: torch.Tensor, repeats: int = 5) -> torch.memory_format:
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def fastest_memory_format(model: nn.Module, example: torch.Tensor, repeats: int = 7) -> torch.memory_format:
     """``torch.channels_last`` or ``torch.contiguous_format``, whichever runs ``model`` faster
-    (interleaved median of ``repeats``); the model is left in the chosen format."""
+    (both timed in one interleaved run, median of ``repeats``); the model is left in the
+    chosen format."""
     if example.dim() != 4:
         return torch.contiguous_format
-    formats = (torch.contiguous_format, torch.channels_last)
-    times: Dict[torch.memory_format, float] = {}
-    for fmt in formats:
-        model.to(memory_format=fmt)
-        times[fmt] = measure_latency(model, example.contiguous(memory_format=fmt), repeats=repeats, warmup=2)["median_ms"]
-    best = min(times, key=times.get)
+    variants = {"contiguous": copy.deepcopy(model).to(memory_format=torch.contiguous_format),
+                "channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last)}
+    ms = interleaved_latency(variants, {k: example.contiguous(memory_format=_FORMATS[k]) for k in variants},
+                             repeats=repeats)
+    best = _FORMATS[min(ms, key=ms.get)]
     model.to(memory_format=best)
     return best
+
 
 
 def freeze_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -104,30 +108,40 @@ def freeze_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.S
 
 
 def optimize_for_inference(model: nn.Module, example: torch.Tensor, memory_format: Optional[str] = "auto",
-                           torchscript: "bool | str" = False) -> Tuple[nn.Module, Dict[str, object]]:
-    """A copy of ``model`` with BatchNorms folded and the fastest memory format;
-    ``torchscript=True`` freezes it with TorchScript, ``"auto"`` does so only when that
-    runs faster here (timed side by side)."""
+                           torchscript: "bool | str" = False, repeats: int = 7) -> Tuple[nn.Module, Dict[str, object]]:
+    """A copy of ``model`` with BatchNorms folded, in the fastest memory format; with
+    ``torchscript=True`` frozen with TorchScript, with ``"auto"`` frozen only when that runs
+    faster here.
+
+    Every open choice (memory format when ``"auto"`` and a 4-D input; eager or frozen when
+    ``torchscript="auto"``) is made in *one* interleaved timing of all the candidates
+    (median of ``repeats`` rounds after warm-up), so a drift of a busy machine hits each
+    candidate alike; ``info["candidates_ms"]`` keeps what was measured."""
+    if memory_format not in ("auto", "contiguous", "channels_last", None):
+        raise ValueError(f"memory_format must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
+    if torchscript not in (True, False, "auto"):
+        raise ValueError(f"torchscript must be True, False or 'auto', got {torchscript!r}")
     out = copy.deepcopy(model).eval()
     folded = fold_batchnorm(out, example)
     if memory_format == "auto":
-        fmt = fastest_memory_format(out, example)
+        formats = ["contiguous", "channels_last"] if example.dim() == 4 else ["contiguous"]
     else:
-        fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-        out.to(memory_format=fmt)
-    info: Dict[str, object] = {"batchnorms_folded": folded,
-                               "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
-                               "torchscript": False}
-    if torchscript:
-        x = example.contiguous(memory_format=fmt)
-        frozen = freeze_for_inference(out, x)
-        if torchscript == "auto":
-            ms = interleaved_latency({"eager": out, "frozen": frozen}, {"eager": x, "frozen": x}, repeats=5)
-            if ms["frozen"] >= ms["eager"]:
-                return out, info
-        info["torchscript"] = True
-        return frozen, info
-    return out, info
+        formats = [memory_format or "contiguous"]
+    candidates: Dict[str, nn.Module] = {}
+    inputs: Dict[str, torch.Tensor] = {}
+    for fmt in formats:
+        eager = (copy.deepcopy(out) if len(formats) > 1 else out).to(memory_format=_FORMATS[fmt])
+        x = example.contiguous(memory_format=_FORMATS[fmt])
+        if torchscript is not True:
+            candidates[fmt], inputs[fmt] = eager, x
+        if torchscript:
+            candidates[fmt + "+torchscript"], inputs[fmt + "+torchscript"] = freeze_for_inference(eager, x), x
+    ms = interleaved_latency(candidates, inputs, repeats=repeats) if len(candidates) > 1 else {}
+    best = min(ms, key=ms.get) if ms else next(iter(candidates))
+    info: Dict[str, object] = {"batchnorms_folded": folded, "memory_format": best.split("+")[0],
+                               "torchscript": best.endswith("+torchscript"),
+                               "candidates_ms": {k: round(v, 3) for k, v in ms.items()}}
+    return candidates[best], info
 
 
 def save_pruned(model: nn.Module, directory: "str | Path", info: Optional[Dict[str, object]] = None) -> Path:

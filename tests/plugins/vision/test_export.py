@@ -1,6 +1,7 @@
 """Export: BatchNorm folding is exact; saved files reload (the state dict with weights_only)."""
 import json
 
+import pytest
 import torch
 
 from sparsity_core.macs import count_macs
@@ -60,3 +61,32 @@ def test_vision_counter_adds_attention_matrix_products():
     linear_and_conv = sum(count_macs(model, x).values())
     # 5 tokens (4 patches + class), 3 heads of 64: QKᵀ and attention·V, 2 · 3 · 5² · 64 each block
     assert macs - linear_and_conv == 2 * 3 * 5 * 5 * 64
+
+
+def test_optimize_for_inference_chooses_among_all_candidates_in_one_timing():
+    model, *_ = build("resnet")
+    model.eval()
+    x = example(2)
+    with torch.no_grad():
+        ref = model(x)
+    fast, info = optimize_for_inference(model, x, torchscript="auto", repeats=2)
+    measured = info["candidates_ms"]
+    assert set(measured) == {"contiguous", "channels_last", "contiguous+torchscript", "channels_last+torchscript"}
+    best = min(measured, key=measured.get)
+    assert info["memory_format"] == best.split("+")[0]
+    assert info["torchscript"] == best.endswith("+torchscript")
+    assert isinstance(fast, torch.jit.ScriptModule) == info["torchscript"]
+    fmt = torch.channels_last if info["memory_format"] == "channels_last" else torch.contiguous_format
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=fmt)), ref, atol=1e-5)
+
+
+def test_optimize_for_inference_fixed_choices_time_nothing_and_bad_choices_are_refused():
+    model, *_ = build("resnet")
+    x = example(2)
+    fast, info = optimize_for_inference(model, x, memory_format="contiguous")
+    assert info["candidates_ms"] == {} and info["memory_format"] == "contiguous" and not info["torchscript"]
+    with pytest.raises(ValueError, match="memory_format"):
+        optimize_for_inference(model, x, memory_format="nhwc")
+    with pytest.raises(ValueError, match="torchscript"):
+        optimize_for_inference(model, x, torchscript="yes")
