@@ -222,7 +222,8 @@ class ChannelPruning(MaskProgram):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if "record" in state:
             raise ValueError("this checkpoint was written after the channels were physically removed; rebuild the "
-                             "pruned model (sparsity_plugins.vision.export.load_pruned) instead of resuming pruning")
+                             "pruned model (sparsity_plugins.vision.apply_pruning_record with this record, or "
+                             "load_pruned) instead of resuming pruning")
         super().load_state_dict(state)
 
     def __repr__(self) -> str:

@@ -10,10 +10,10 @@ without this library.
   formats in one interleaved run and picks the faster one.
 - :func:`freeze_for_inference`: a frozen TorchScript trace (loads with ``torch.jit.load``
   alone); :func:`optimize_for_inference` can pick it when it is faster.
-- :func:`save_pruned` writes ``model.pt`` (the whole module, loadable with timm alone:
-  ``torch.load(path, weights_only=False)``), ``state_dict.pt`` (tensors only, loadable with
-  ``weights_only=True``) and ``pruning.json`` (kept channel indices per group, the new
-  parameter shapes, the memory format).
+- :func:`save_pruned` writes ``model.pt`` (the whole module pickled: only for files you trust),
+  ``state_dict.pt`` (tensors only, loadable with ``weights_only=True``) and ``pruning.json``
+  (kept channel indices per group, the new parameter shapes, the memory format);
+  :func:`~.reload.load_pruned` rebuilds the model from a fresh instance and those tensors.
 """
 from __future__ import annotations
 
@@ -166,7 +166,3 @@ def save_pruned(model: nn.Module, directory: "str | Path", info: Optional[Dict[s
     (path / "pruning.json").write_text(json.dumps(meta, indent=1))
     return path
 
-
-def load_pruned(directory: "str | Path") -> nn.Module:
-    """Load ``model.pt`` from :func:`save_pruned` (needs the model's own library, e.g. timm)."""
-    return torch.load(Path(directory) / "model.pt", weights_only=False)
