@@ -48,16 +48,22 @@ def stream(n_train: int, n_test: int) -> TaskStream:
 
 
 def main():
-    args = parser(__doc__, seeds=True).parse_args()
+    p = parser(__doc__, seeds=True)
+    p.add_argument("--buffers", type=int, nargs="+", default=None, help="buffer sizes (default: 200 500; quick 200)")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                   help="methods to run (DER++ and SparCL-90 are always run: the targets compare them)")
+    args = p.parse_args()
     start(args)
     n_train, n_test, buffers, seeds = (6000, 2000, (200,), args.seeds or 1) if args.quick else \
         (60000, 10000, (200, 500), args.seeds or 3)
+    buffers = tuple(args.buffers or buffers)
+    configs = {k: v for k, v in CONFIGS.items() if k in set(args.configs) | {"DER++", "SparCL-90"}}
     data = stream(n_train, n_test)
     began = time.perf_counter()
     runs = {}
     for buffer in buffers:
         for seed in range(seeds):
-            for name, extra in CONFIGS.items():
+            for name, extra in configs.items():
                 r = run_experiment(data, ExperimentConfig(**{**BASE, **extra, "buffer_size": buffer, "seed": seed}))
                 runs.setdefault((buffer, name), []).append(r)
                 progress(f"buffer {buffer} seed {seed} {name}: acc {100 * r['average_accuracy']:.2f}% "
@@ -87,7 +93,7 @@ def main():
                f"{sparse:.2f}%", f">= {dense - 1.0:.2f}% (DER++ {dense:.2f}% - 1)")
         target(f"SparCL-90 >= 5x fewer training FLOPs than dense DER++ (buffer {buffer})", ratio >= 5.0,
                f"{ratio:.2f}x", ">= 5x")
-        for name in CONFIGS:
+        for name in configs:
             key = name.lower().replace("++", "pp").replace(" ", "_").replace("-", "")
             values[f"{key}_acc_b{buffer}"] = round(acc_mean[(buffer, name)], 2)
             if name != "DER++":
