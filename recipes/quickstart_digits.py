@@ -83,7 +83,7 @@ def run(args, sparse: bool):
     return module, accuracy(module, test), time.perf_counter() - start, callbacks
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet10t", help="timm model name (random init)")
     p.add_argument("--sparsity", type=float, default=0.9, help="final sparsity of the pruned weights")
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32, help="digits are upsampled to size x size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -114,6 +114,8 @@ def main() -> None:
           f"{report['global']:.2%} of {sum(t.num_units for t in cb.controller.targets):,})")
     for t in cb.controller.targets:
         print(f"  {t.name:<40}{str(tuple(t.shape)):>20}{report[t.name]:>9.2%}")
+    return {"dense_acc": dense_acc, "sparse_acc": sparse_acc, "sparsity": report["global"],
+            "nonzero_params": sn, "params": total}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from sparsity_plugins.video.evaluation import add_rope_locality, denoise, psnr, 
 from sparsity_plugins.video.tiny import KINDS
 
 
-def run(kind: str, args: argparse.Namespace) -> None:
+def run(kind: str, args: argparse.Namespace) -> dict:
     model = tiny_model(kind, heads=args.heads, head_dim=args.head_dim, layers=args.layers, seed=args.seed)
     inputs = tiny_inputs(model, frames=args.frames, height=args.size, width=args.size, seed=args.seed)
     structured = args.structured and kind == "wan"
@@ -63,9 +63,10 @@ def run(kind: str, args: argparse.Namespace) -> None:
     print(f"  denoising {args.steps} steps: dense {t_dense:.2f}s, sparse {t_sparse:.2f}s "
           f"({t_dense / t_sparse:.2f}x); final latent rel-L2 {relative_l2(sparse, dense):.4f}, "
           f"PSNR {psnr(sparse, dense):.1f} dB")
+    return {"density": plan.mean_density(), "speedup": t_dense / t_sparse, "psnr": psnr(sparse, dense)}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", default="wan", choices=sorted(KINDS) + ["all"])
     p.add_argument("--heads", type=int, default=6)
@@ -83,10 +84,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="recipes/out/video_sparse_attention")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for kind in (sorted(KINDS) if args.kind == "all" else [args.kind]):
-        run(kind, args)
+    return {kind: run(kind, args) for kind in (sorted(KINDS) if args.kind == "all" else [args.kind])}
 
 
 if __name__ == "__main__":
