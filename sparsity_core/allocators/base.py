@@ -69,7 +69,10 @@ class Allocator:
     def _round(self, k: int, floor: int, n: int) -> int:
         k = max(int(k), floor)
         if self.round_to > 1 and n >= self.round_to:
-            k = max(self.round_to, int(math.floor(k / self.round_to + 0.5)) * self.round_to)
+            r = self.round_to
+            k = max(r, int(math.floor(k / r + 0.5)) * r)
+            if k < floor:  # rounding to the nearest multiple must not undercut the floor: the next one up
+                k = -(-floor // r) * r
         return min(k, n)
 
     # -- what subclasses implement ----------------------------------------------------

@@ -90,8 +90,10 @@ class GreedyKnapsack(Allocator):
         model = self.cost_model or LinearCost(targets)
         measure = budget.measure
         order = {t.name: torch.sort(scores[t.name].reshape(-1).double()).values for t in targets}
-        floors = {t.name: self.floor(t) for t in targets}
-        keep = {t.name: t.num_units for t in targets}
+        # a layout that fixes the kept count (N:M) keeps it: no move on that target
+        fixed = {t.name: t.layout.fixed_keep(t.shape) for t in targets if t.layout.fixed_keep(t.shape) is not None}
+        floors = {t.name: fixed.get(t.name, self.floor(t)) for t in targets}
+        keep = {t.name: fixed.get(t.name, t.num_units) for t in targets}
 
         def moves(k: Dict[str, int]):
             return [t.name for t in targets if k[t.name] > floors[t.name]]
@@ -107,11 +109,11 @@ class GreedyKnapsack(Allocator):
 
         dense = model.dense[measure]
         try:
-            keep, _ = greedy_removal(keep, dense, (1.0 - budget.sparsity) * dense, moves, apply, value,
-                                     tolerance=1e-9 * max(dense, 1.0))
+            keep, _ = greedy_removal(keep, model.cost(keep)[measure], (1.0 - budget.sparsity) * dense, moves, apply,
+                                     value, tolerance=1e-9 * max(dense, 1.0))
         except InfeasibleBudget as err:
-            raise ValueError(f"infeasible budget: the per-target floors keep more than {1 - budget.sparsity:.1%} "
-                             f"of the {measure} ({err})") from None
+            raise ValueError(f"infeasible budget: the per-target floors (and N:M counts) keep more than "
+                             f"{1 - budget.sparsity:.1%} of the {measure} ({err})") from None
         return keep
 
     def __repr__(self) -> str:
