@@ -7,7 +7,8 @@ quality (:mod:`.spectral`), the dyGRASS dynamic spectral sparsifier (:mod:`.dygr
 graph-transformer sparsification on ``GPSConv`` (:mod:`.gtsp`, the :class:`GTSP` program) with
 attention run in buckets of similarly sized graphs (:mod:`.attention_buckets`),
 neighbour-sampled mini-batches for large graphs with or without pyg-lib (:mod:`.sampling`),
-reference models and offline data loaders.
+reference models (a GCN whose first layer can take sparse CSR features,
+:mod:`.sparse_features`) and offline data loaders.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ _EXPORTS = {"teddy_edge_scores": "teddy", "teddy_mask": "teddy", "TEDDY": "teddy
             "distillation_loss": "teddy", "relative_condition_number": "spectral", "laplacian": "spectral",
             "EdgeMask": "ugs", "WeightMask": "ugs", "rate_for": "ugs", "UGS": "ugs_program",
             "GCN": "models", "GIN": "models", "GraphGPS": "models", "NodeClassifier": "node_module", "GraphClassifier": "graph_module", "sparse_input_dropout": "models",
+            "csr_linear": "sparse_features", "SparseInputLinear": "sparse_features",
             "planetoid": "datasets", "tudataset": "datasets", "karate_club": "datasets", "sbm_graph": "datasets",
             "grid_graph": "datasets", "node_datamodule": "datasets",
             "DynamicSparsifier": "dygrass", "grass_sparsifier": "dygrass",

@@ -8,6 +8,12 @@ or learned edge weights, and both work with PyG's explain masks (``set_masks``).
 Input dropout only touches the non-zero entries of ``x``: for bag-of-words features
 (Cora: 1.3 % non-zero) this has the distribution of ``F.dropout`` on the full matrix
 (dropped zeros stay zero) at a fraction of its cost on the CPU.
+
+``GCN(..., sparse_features=True)`` keeps ``x`` as a CSR matrix through its first layer
+(:mod:`.sparse_features`): input dropout on the stored values and ``X W₁^T`` with its weight
+gradient as sparse-times-dense products. Same function, same random draws as the dense path
+when ``x`` stores only its non-zeros (``x.to_sparse_csr()``); outputs equal up to float
+summation order.
 """
 from __future__ import annotations
 
@@ -24,10 +30,18 @@ from .attention_buckets import bucket_attention
 
 
 def sparse_input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """``F.dropout(x, p, training)`` drawing randoms only for the non-zero entries."""
+    """``F.dropout(x, p, training)`` drawing randoms only for the non-zero entries (the
+    stored values of a CSR ``x``, whose pattern is kept)."""
     if not training or p == 0.0:
         return x
     check_range(p, "dropout p", high_open=True)
+    if x.layout == torch.sparse_csr:  # the stored values, in row-major order as x.nonzero() lists them
+        values = x.values()
+        keep = torch.rand(values.numel(), device=x.device) >= p
+        values = torch.where(keep, values / (1.0 - p), torch.zeros_like(values))
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False)
+    if x.layout != torch.strided:
+        raise ValueError(f"sparse_input_dropout takes a dense or CSR x, got layout {x.layout}")
     rows, cols = x.nonzero(as_tuple=True)
     keep = torch.rand(rows.numel(), device=x.device) >= p
     rows, cols = rows[keep], cols[keep]
@@ -38,17 +52,34 @@ def sparse_input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
 class GCN(nn.Module):
     """Two GCN layers (Kipf & Welling, 2017): ``Â ReLU(Â X W₁) W₂`` with
-    ``Â = D^{-1/2}(A+I)D^{-1/2}``, dropout before each layer."""
+    ``Â = D^{-1/2}(A+I)D^{-1/2}``, dropout before each layer.
+
+    ``sparse_features=True``: ``X`` goes through dropout and ``X W₁^T`` as a CSR matrix
+    (:mod:`.sparse_features`; pass ``x.to_sparse_csr()`` once, a dense or COO ``x`` is
+    converted at every call). ``False`` refuses a sparse ``x``."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 16, dropout: float = 0.5,
-                 cached: bool = False) -> None:
+                 cached: bool = False, sparse_features: bool = False) -> None:
         super().__init__()
+        if not isinstance(sparse_features, bool):
+            raise ValueError(f"sparse_features must be True or False, got {sparse_features!r}")
         GCNConv = torch_geometric("nn").GCNConv
         self.conv1 = GCNConv(in_channels, hidden, cached=cached)
         self.conv2 = GCNConv(hidden, out_channels, cached=cached)
         self.dropout = dropout
+        self.sparse_features = sparse_features
+        if sparse_features:
+            from .sparse_features import SparseInputLinear
+
+            self.conv1.lin = SparseInputLinear.replacing(self.conv1.lin)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+        if self.sparse_features:
+            from .sparse_features import as_csr
+
+            x = as_csr(x)
+        elif isinstance(x, Tensor) and x.layout != torch.strided:
+            raise ValueError(f"x is a sparse tensor ({x.layout}): build GCN(..., sparse_features=True)")
         x = sparse_input_dropout(x, self.dropout, self.training)
         x = F.relu(self.conv1(x, edge_index, edge_weight))
         x = F.dropout(x, self.dropout, self.training)
