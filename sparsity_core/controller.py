@@ -184,6 +184,7 @@ class SparsityController(TaskScopes, ControllerState):
 
     def update(self, step: int, force: bool = False) -> bool:
         """Recompute masks if ``step`` is an update step (or ``force``)."""
+        check_int(step, "step", minimum=0)
         if self.finalized:
             return False
         self.step = step

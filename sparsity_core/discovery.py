@@ -31,6 +31,13 @@ def as_patterns(patterns: Patterns, what: str) -> List[re.Pattern]:
         return []
     if isinstance(patterns, str):
         patterns = [patterns]
+    try:
+        patterns = list(patterns)
+    except TypeError:
+        patterns = [patterns]
+    bad = [p for p in patterns if not isinstance(p, (str, re.Pattern))]
+    if bad:
+        raise TypeError(f"{what} must be a regular expression string or a list of them, got {bad[0]!r}")
     compiled = []
     for p in patterns:
         try:

@@ -78,6 +78,10 @@ class TaskStream(pl.LightningDataModule):
         self.test_x, self.test_y = test
         self.train_index = [self._rows(self.train_y, c) for c in self.tasks]
         self.test_index = [self._rows(self.test_y, c) for c in self.tasks]
+        untested = [k for k, rows in enumerate(self.test_index) if rows.numel() == 0]
+        if untested:
+            raise ValueError(f"test: task(s) {untested} have no test example of their classes; every task is "
+                             "evaluated on the test examples of its classes")
         self.task = 0
         #: ``example_filter(task) -> bool mask over the task's examples`` (``None``: all kept)
         self.example_filter: Optional[Callable[[int], Optional[torch.Tensor]]] = None

@@ -68,7 +68,10 @@ def read_adapter_files(directory: str) -> tuple:
     if not os.path.isfile(config):
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory!r}")
     with open(config, encoding="utf-8") as f:
-        meta = json.load(f)
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config!r} is not valid JSON ({err}): not a {FORMAT} config") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{config!r} is not a {FORMAT} v{VERSION} config")
     st_path, pt_path = os.path.join(directory, SAFETENSORS_FILE), os.path.join(directory, TORCH_FILE)

@@ -125,7 +125,11 @@ class AttentionPlan:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "AttentionPlan":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}): not a video attention plan") from None
+        return cls.from_dict(data)
 
 
 def check_densities(values: Sequence[Sequence[object]], layers: int, heads: int) -> None:

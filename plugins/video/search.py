@@ -33,7 +33,7 @@ from torch import Tensor
 from sparsity_core.program import Host, Program, attached
 from sparsity_core.registry import ALLOCATORS, PROGRAMS
 from sparsity_core.targets import Target
-from sparsity_core.validation import check_range
+from sparsity_core.validation import check_int, check_range
 
 from .allocation import knapsack, ranked_dense, within_budget
 from .cost import AttentionCost, measure_costs
@@ -85,7 +85,11 @@ class PatternSearch(Program):
                  candidates: Optional[Sequence[str]] = None, dense_fraction: float = 0.0,
                  negligible: float = 0.0, measure: bool = True, allocator: str = "knapsack",
                  transformer: str = "") -> None:
+        check_int(block_size, "block_size", minimum=1)
         check_range(error_budget, "error_budget", 0.0, 1.0, low_open=True)
+        candidates = None if candidates is None or isinstance(candidates, str) else list(candidates)
+        if candidates is not None and not candidates:
+            raise ValueError("candidates must name at least one attention pattern, or be None for the defaults")
         if sparsity is not None:
             check_range(sparsity, "sparsity", 0.0, 1.0, high_open=True)
         check_range(dense_fraction, "dense_fraction", 0.0, 1.0, high_open=True)

@@ -109,6 +109,9 @@ class ChannelPruning(MaskProgram):
         if self.remove_after_ramp and isinstance(self.schedule, FunctionSchedule):
             raise ValueError("remove_after_ramp needs a schedule with a known end_step; a function schedule has none "
                              "(call remove_now() when the pruning phase is over instead)")
+        if graph_time_limit is not None and not (isinstance(graph_time_limit, (int, float))
+                                                 and not isinstance(graph_time_limit, bool) and graph_time_limit > 0):
+            raise ValueError(f"graph_time_limit must be a positive number of seconds or None, got {graph_time_limit!r}")
         self.graph_time_limit, self.check_control_flow, self.probe = graph_time_limit, check_control_flow, probe
         if not isinstance(self.enforcement, GroupMask):
             raise TypeError(f"ChannelPruning needs a channel-group enforcement (group, mask_sparsity, group_envelope); "

@@ -28,6 +28,7 @@ from torch import nn
 from ._deps import torch_pruning
 from .latency import interleaved_latency
 from .removal import RECORD_ATTR, pruning_record
+from sparsity_core.validation import check_int
 
 
 def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
@@ -121,6 +122,7 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, memory_forma
         raise ValueError(f"memory_format must be 'auto', 'contiguous' or 'channels_last', got {memory_format!r}")
     if torchscript not in (True, False, "auto"):
         raise ValueError(f"torchscript must be True, False or 'auto', got {torchscript!r}")
+    check_int(repeats, "repeats", minimum=1)
     out = copy.deepcopy(model).eval()
     folded = fold_batchnorm(out, example)
     if memory_format == "auto":

@@ -33,6 +33,7 @@ from sparsity_core.allocators.base import Allocator
 from sparsity_core.criteria.base import Criterion
 from sparsity_core.discovery import as_patterns
 from sparsity_core.oneshot import one_shot_prune
+from sparsity_core.validation import check_int, check_sparsity
 
 from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import channel_budget
@@ -61,6 +62,8 @@ def prune_channels(model: nn.Module, example: torch.Tensor, sparsity: float, mea
     in the returned record's ``skipped``.
     """
     as_patterns(exclude, "exclude")
+    check_sparsity(sparsity)
+    check_int(retries, "retries", minimum=0)
     if not allow_repruning:
         found = find_pruning_record(model)
         if found is not None:

@@ -71,7 +71,12 @@ def load_pruned(directory: "str | Path", model: Optional[nn.Module] = None, exam
     meta_path = path / "pruning.json"
     if not meta_path.is_file():
         raise ValueError(f"{directory} has no pruning.json: not a directory written by save_pruned")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err}): not a file written by save_pruned") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds {type(meta).__name__}, not the object save_pruned writes")
     if meta.get("torchscript"):
         return torch.jit.load(str(path / "model.torchscript.pt"))
     if model is None:

@@ -272,6 +272,15 @@ def remove_channels(
     :func:`removal_problems` on the same masks.
     """
     model = groups.model
+    known = {t.name for t in groups.targets}
+    unknown = sorted(set(masks) - known)
+    if unknown:
+        raise RemovalError(f"masks name groups these channel groups do not have: {unknown[:5]} (groups: "
+                           f"{sorted(known)[:5]}); nothing was changed")
+    for name, m in masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise RemovalError(f"mask for {name!r} must be a bool tensor (True = kept), got "
+                               f"{getattr(m, 'dtype', type(m).__name__)}; nothing was changed", name)
     if check:
         check_removable(groups, masks)
     snapshot = ModelSnapshot(model, optimizers, graph=groups.graph)
