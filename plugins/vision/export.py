@@ -25,10 +25,11 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from sparsity_core.validation import check_int
+
 from ._deps import torch_pruning
 from .latency import interleaved_latency
 from .removal import RECORD_ATTR, pruning_record
-from sparsity_core.validation import check_int
 
 
 def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:
@@ -98,7 +99,6 @@ def fastest_memory_format(model: nn.Module, example: torch.Tensor, repeats: int 
     best = _FORMATS[min(ms, key=ms.get)]
     model.to(memory_format=best)
     return best
-
 
 
 def freeze_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
