@@ -1,5 +1,5 @@
 """3D plugin (gsplat / NeRF-style fields): budgeted Gaussian densification, a CPU
-renderer, hash-grid pruning.
+renderer, hash-grid pruning, an Instant-NGP-style NeRF with occupancy-grid ray marching.
 
 ``gsplat`` is imported only when a function needs it (``pip install 'sparsity-suite[splat]'``).
 """
@@ -15,7 +15,10 @@ _EXPORTS = {"BudgetedStrategy": "budgeted", "prune_to_budget": "budgeted", "impo
             "GaussianSplatModule": "module", "random_splats": "module", "psnr": "module", "render": "render",
             "rasterize": "render", "project_gaussians": "render_project", "contribution_stats": "render_stats",
             "HashEncoding": "hashgrid", "SaliencyGrid": "hashgrid", "SaliencyADMM": "hashgrid_admm",
-            "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_pruning", "SaliencyUsage": "hashgrid_pruning"}
+            "project_budget": "hashgrid_admm", "HashGridPruning": "hashgrid_pruning",
+            "SaliencyUsage": "hashgrid_pruning", "NeRFField": "nerf", "NeRFModule": "nerf_module",
+            "PosedRays": "nerf_module", "OccupancyGrid": "occupancy", "camera_rays": "nerf_render",
+            "composite": "nerf_render", "render_rays": "nerf_render"}
 
 __all__ = sorted(_EXPORTS) + ["register"]
 

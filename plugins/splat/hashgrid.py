@@ -128,6 +128,8 @@ class HashEncoding(nn.Module):
         dim: 2 or 3 input coordinates.
         levels: ``L``.
         log2_table_size: ``T = 2^log2_table_size`` entries per hashed level.
+        table_size: ``T`` given directly (any int >= 1; overrides ``log2_table_size``), e.g. to
+            match another encoding's parameter count; the hash is taken modulo ``T``.
         features: ``F`` features per entry.
         base_resolution, max_resolution: ``N_min`` and ``N_max`` (``N_{L−1} = ⌊N_max⌋``).
         saliency_resolution: vertices per axis of the HollowNeRF saliency grid (``None``: no
@@ -140,7 +142,7 @@ class HashEncoding(nn.Module):
 
     def __init__(self, dim: int = 3, levels: int = 16, log2_table_size: int = 19, features: int = 2,
                  base_resolution: int = 16, max_resolution: int = 2048, saliency_resolution: Optional[int] = None,
-                 init_scale: float = 1e-4) -> None:
+                 init_scale: float = 1e-4, table_size: Optional[int] = None) -> None:
         super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")
@@ -151,7 +153,7 @@ class HashEncoding(nn.Module):
         if max_resolution < base_resolution:
             raise ValueError(f"max_resolution ({max_resolution}) must be >= base_resolution ({base_resolution})")
         self.dim, self.levels, self.features = dim, levels, features
-        self.table_size = 2 ** log2_table_size
+        self.table_size = 2 ** log2_table_size if table_size is None else check_int(table_size, "table_size", 1)
         self.growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(levels - 1, 1))
         # ⌊N_min·b^l⌋, with a tolerance so that N_{L−1} = N_max despite rounding
         self.resolutions = [int(math.floor(base_resolution * self.growth ** lv + 1e-6)) for lv in range(levels)]
@@ -163,6 +165,7 @@ class HashEncoding(nn.Module):
         self._strides = [None if h else [(n + 1) ** k for k in range(dim)]
                          for n, h in zip(self.resolutions, self.hashed)]
         self.record_usage = False
+        self.usage_from_forward = True
         self._usage: Dict[int, Tensor] = {}
 
     @property
@@ -204,7 +207,7 @@ class HashEncoding(nn.Module):
         for lv in range(self.levels):
             idx, w = lookup(xt, self.resolutions[lv], self._strides[lv], self.table_size)
             out.append((self._gather(lv, idx) * w.unsqueeze(-1)).sum(0))
-            if self.record_usage and self.training:
+            if self.record_usage and self.training and self.usage_from_forward:
                 self._record(lv, idx, w if gate is None else w * gate.detach())
         feats = torch.cat(out, -1)
         if gate is not None:
@@ -217,6 +220,24 @@ class HashEncoding(nn.Module):
         if buf is None or buf.numel() != self.sizes[level]:
             buf = self._usage[level] = torch.zeros(self.sizes[level], device=idx.device)
         buf.index_add_(0, idx.reshape(-1), weight.reshape(-1).to(buf.dtype))
+
+    @torch.no_grad()
+    def record_points(self, x: Tensor, weights: Tensor) -> None:
+        """Record the usage of points ``x [P, d]`` (in ``[0, 1]``) with per-point ``weights [P]``
+        given by the caller (e.g. each sample's rendering weight), for an owner that sets
+        ``usage_from_forward = False``: an entry's usage is then ``Σ_x weight(x)·s(x)·w_e(x)``.
+        Records only while ``record_usage`` is on."""
+        if not self.record_usage:
+            return
+        if x.dim() != 2 or x.shape[-1] != self.dim or tuple(weights.shape) != (x.shape[0],):
+            raise ValueError(f"need points [P, {self.dim}] and weights [P], got {tuple(x.shape)} and "
+                             f"{tuple(weights.shape)}")
+        xt = x.clamp(0.0, 1.0).T.contiguous()
+        if self.saliency is not None:
+            weights = weights * self.saliency.sample(xt)
+        for lv in range(self.levels):
+            idx, w = lookup(xt, self.resolutions[lv], self._strides[lv], self.table_size)
+            self._record(lv, idx, w * weights)
 
     def take_usage(self, level: int) -> Optional[Tensor]:
         """Saliency-weighted usage ``Σ_x s(x)·w_e(x)`` of every entry of ``level`` recorded by

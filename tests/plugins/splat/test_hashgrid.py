@@ -54,6 +54,18 @@ def test_fine_levels_use_the_spatial_hash_with_uint32_products():
     assert enc.index(lv, c).tolist() == expected
 
 
+def test_a_table_size_given_directly_need_not_be_a_power_of_two():
+    enc = HashEncoding(dim=3, levels=3, log2_table_size=19, table_size=1000, base_resolution=8, max_resolution=40)
+    assert enc.table_size == 1000 and enc.sizes == [729, 1000, 1000] and enc.hashed == [False, True, True]
+    c = torch.tensor([[1, 2, 3], [40, 17, 39]])
+    expected = [((x * PRIMES[0]) ^ ((y * PRIMES[1]) % 2 ** 32) ^ ((z * PRIMES[2]) % 2 ** 32)) % 1000
+                for x, y, z in c.tolist()]
+    assert enc.index(2, c).tolist() == expected
+    assert enc(torch.rand(50, 3)).shape == (50, enc.output_dim)
+    with pytest.raises(ValueError, match="table_size"):
+        HashEncoding(table_size=0)
+
+
 def test_interpolation_is_exact_at_vertices_and_linear_between():
     torch.manual_seed(0)
     enc = HashEncoding(dim=2, levels=1, log2_table_size=10, features=3, base_resolution=8, max_resolution=8)
@@ -317,6 +329,23 @@ def test_usage_criterion_prefers_entries_of_salient_points():
     score = crit.score(target, None).view(9, 9)  # index = i + 9 j: score[j, i]
     assert float(score[:, :4].min()) > 1e6 * float(score[:, 6:].max())
     assert enc.take_usage(0) is None  # taken once
+
+
+def test_usage_can_be_recorded_by_the_owner_with_per_point_weights():
+    enc = HashEncoding(dim=2, levels=1, log2_table_size=10, base_resolution=8, max_resolution=8)
+    enc.record_usage, enc.usage_from_forward = True, False
+    x = torch.tensor([[0.1, 0.1], [0.9, 0.9]])  # cells (0, 0) and (7, 7), fractions 0.8 and 0.2
+    enc(x)
+    assert enc.take_usage(0) is None  # the forward records nothing for such an owner
+    enc.record_points(x, torch.tensor([2.0, 0.0]))
+    usage = enc.take_usage(0)  # index i + 9 j
+    assert float(usage.sum()) == pytest.approx(2.0) and float(usage[8 + 9 * 8]) == 0.0
+    assert float(usage[0]) == pytest.approx(2 * 0.2 * 0.2) and float(usage[1 + 9]) == pytest.approx(2 * 0.8 * 0.8)
+    with pytest.raises(ValueError, match="weights"):
+        enc.record_points(x, torch.ones(3))
+    enc.record_usage = False
+    enc.record_points(x, torch.ones(2))
+    assert enc.take_usage(0) is None
 
 
 def test_resume_gives_identical_masks_and_admm_state(tmp_path):
