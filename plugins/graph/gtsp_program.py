@@ -30,6 +30,7 @@ from sparsity_core.mask_program import ScheduleSpec, WeightSparsity
 from sparsity_core.program import Host, Program, attached
 from sparsity_core.registry import PROGRAMS
 from sparsity_core.schedules.base import Schedule
+from sparsity_core.validation import check_int
 
 from .gtsp import GTSPController
 from .gtsp_config import GTSPConfig
@@ -64,7 +65,8 @@ class GTSP(Program):
         extra = [exclude] if isinstance(exclude, str) else list(exclude or [])
         as_patterns(extra, "exclude")
         self.weight_program = WeightSparsity(weights, exclude=[r"token_scorer"] + extra,
-                                             update_every=weight_update_every, name="weights")
+                                             update_every=check_int(weight_update_every, "weight_update_every", 1),
+                                             name="weights")
         self.prunes_weights = not (isinstance(weights, (int, float)) and weights == 0)
         self.finalize_at_end = bool(finalize)
         if name is not None:

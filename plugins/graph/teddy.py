@@ -29,6 +29,12 @@ BaseTransform = torch_geometric("transforms").BaseTransform
 HeteroData = torch_geometric("data").HeteroData
 
 
+def node_span(edge_index) -> int:
+    """The node count an ``edge_index`` implies when none is given: its largest id + 1 (0
+    for an empty or non-tensor one, which :func:`check_edge_index` then rejects)."""
+    return int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+
+
 def check_edge_index(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]], what: str = "edge_index") -> None:
     """Raise ``ValueError`` unless ``edge_index`` is a long ``[2, E]`` tensor, ``E > 0``,
     with node ids inside ``num_nodes`` (an int, or ``(num_src, num_dst)``)."""
@@ -56,7 +62,7 @@ def teddy_edge_scores(edge_index: Tensor, num_nodes: Union[int, Tuple[int, int],
     bipartite one (degrees then counted per side); by default ``max id + 1``.
     """
     if num_nodes is None:
-        num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+        num_nodes = node_span(edge_index)
     check_edge_index(edge_index, num_nodes)
     bipartite = not isinstance(num_nodes, int)
     n_src, n_dst = num_nodes if bipartite else (num_nodes, num_nodes)
@@ -106,7 +112,7 @@ def teddy_mask(edge_index: Tensor, sparsity: float, num_nodes: Union[int, Tuple[
     undirected. Ties are broken by edge order."""
     check_sparsity(sparsity)
     if num_nodes is None:
-        num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+        num_nodes = node_span(edge_index)
     scores = teddy_edge_scores(edge_index, num_nodes)
     loop = torch.isinf(scores)
     if undirected and not isinstance(num_nodes, int):
@@ -168,6 +174,8 @@ class TEDDY(BaseTransform):
             key = store._key if hetero else None
             n = _edge_store_num_nodes(data, store) if hetero else data.num_nodes
             masks[key] = teddy_mask(store.edge_index, self.sparsity, n, undirected=self.undirected)
+        if not masks:
+            raise ValueError(f"TEDDY needs edges to sparsify: the {type(data).__name__} has no edge_index")
         if hetero:
             data = data.edge_subgraph({k: m for k, m in masks.items()})
         else:

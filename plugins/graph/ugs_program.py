@@ -28,6 +28,7 @@ from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_nonnegative, check_positive, check_range, check_sparsity
 
 from ._deps import torch_geometric
+from .teddy import check_edge_index, node_span
 from .ugs import EDGE_MASK_NAME, EdgeMask, WeightMask
 
 MASK_OPTIMIZERS = ("shared", "sgd")
@@ -116,6 +117,10 @@ class UGS(MaskProgram):
                          update_every=1, measure="units", finalize=finalize, name=name)
         as_patterns(include, "include"), as_patterns(exclude, "exclude")
         self.include, self.exclude = include, exclude
+        if num_nodes is not None:
+            num_nodes = check_int(num_nodes, "num_nodes", minimum=1)
+        if edge_index is not None:  # checked now, so a wrong graph fails before any fit starts
+            check_edge_index(edge_index, num_nodes if num_nodes is not None else node_span(edge_index))
         self.edge_index, self.num_nodes, self.undirected = edge_index, num_nodes, undirected
         self.edge_mask: Optional[EdgeMask] = None
         self._weight_sites: List[tuple] = []  # (module, tensor name) with a WeightMask
@@ -134,7 +139,7 @@ class UGS(MaskProgram):
                                  "`.data` (torch_geometric.data.lightning.LightningNodeData, loader='full')")
             num_nodes = num_nodes or data.num_nodes
         if num_nodes is None:
-            num_nodes = int(edge_index.max()) + 1 if isinstance(edge_index, Tensor) and edge_index.numel() else 0
+            num_nodes = node_span(edge_index)
         return edge_index, int(num_nodes)
 
     def discover(self, host: Host) -> List[Target]:

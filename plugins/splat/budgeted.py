@@ -49,7 +49,7 @@ from torch import Tensor
 
 from sparsity_core.ranks import log_rank_zero
 from sparsity_core.schedules.growth import GrowthToBudget
-from sparsity_core.validation import check_int, check_positive, check_range
+from sparsity_core.validation import check_int, check_nonnegative, check_positive, check_range
 
 from ._deps import gsplat
 from .scores import DEFAULT_WEIGHTS, check_weights, importance
@@ -60,6 +60,8 @@ _ops = gsplat("strategy.ops")
 
 # Per-Gaussian statistics a renderer may return in ``info`` (shape [C, N]), and the prior each feeds.
 INFO_STATS = {"hits": "coverage", "sum_weight": "blend", "loss_hits": "loss"}
+# Where the image-plane gradient lives in ``info``: 3DGS rasterization, 2DGS rasterization.
+GRADIENT_KEYS = ("means2d", "gradient_2dgs")
 
 
 @dataclass
@@ -100,6 +102,14 @@ class BudgetedStrategy(Strategy):
             raise ValueError(f"need 0 <= refine_start_iter < refine_stop_iter, got "
                              f"{self.refine_start_iter}, {self.refine_stop_iter}")
         check_range(self.prune_fraction, "prune_fraction", high_open=True)
+        check_range(self.prune_opa, "prune_opa", high_open=True)
+        check_int(self.pause_refine_after_reset, "pause_refine_after_reset", 0)
+        for name in ("grow_grad2d", "plateau_tol"):
+            check_nonnegative(getattr(self, name), name)
+        for name in ("grow_scale3d", "prune_scale3d", "turbo_fast", "turbo_slow"):
+            check_positive(getattr(self, name), name)
+        if self.key_for_gradient not in GRADIENT_KEYS:  # gsplat's two renderers' names
+            raise ValueError(f"key_for_gradient must be one of {GRADIENT_KEYS}, got {self.key_for_gradient!r}")
         if self.mode not in ("taming", "turbo"):
             raise ValueError(f"mode must be 'taming' or 'turbo', got {self.mode!r}")
         check_range(self.appearance_quantile, "appearance_quantile", low_open=True, high_open=True)

@@ -47,6 +47,7 @@ from sparsity_core.registry import CRITERIA, PROGRAMS
 from sparsity_core.schedules.base import Schedule
 from sparsity_core.schedules.function import as_schedule
 from sparsity_core.targets import Target
+from sparsity_core.validation import check_int
 
 from .hashgrid import HashEncoding
 from .hashgrid_admm import SaliencyADMM
@@ -135,6 +136,9 @@ class HashGridPruning(MaskProgram):
                  rho: float = 1e-5, admm_every: int = 16, allocator: Union[str, Allocator, None] = None,
                  encoding: Optional[str] = None, update_every: int = 50, finalize: bool = True,
                  name: Optional[str] = None) -> None:
+        check_int(admm_every, "admm_every", 1)
+        if encoding is not None and not isinstance(encoding, str):
+            raise ValueError(f"encoding must be the module name of a HashEncoding (a str) or None, got {encoding!r}")
         super().__init__(schedule=schedule, criterion=SaliencyUsage(),
                          allocator=allocator if allocator is not None else GlobalRank(min_keep_fraction=0.01),
                          enforcement="hard", update_every=update_every, measure="params", finalize=finalize,

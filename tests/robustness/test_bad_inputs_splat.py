@@ -1,5 +1,4 @@
-"""Bad-input sweep over the 3D plugin's entry points (issue 19, item 5). plugins/splat is
-being edited elsewhere: the problems found are strict xfails, not fixed here."""
+"""Bad-input sweep over the 3D plugin's entry points (issue 19, item 5)."""
 from __future__ import annotations
 
 import pytest
@@ -16,8 +15,6 @@ from torch import nn
 from sparsity_core import Host
 
 from ._sweep import Case, params, run
-
-SILENT = "is accepted silently (no check in BudgetedStrategy.__post_init__)"
 
 
 def scene():
@@ -62,14 +59,16 @@ CASES = [
          r"unknown score prior\(s\) \['nope'\]"),
     Case("budgeted-score-weight-negative", lambda _: BudgetedStrategy(score_weights={"opacity": -1.0}), ValueError,
          r"score weights must be numbers >= 0"),
-    Case("budgeted-prune-opa-negative", lambda _: BudgetedStrategy(prune_opa=-1), ValueError, r"prune_opa",
-         xfail=f"prune_opa=-1 {SILENT}"),
+    Case("budgeted-prune-opa-negative", lambda _: BudgetedStrategy(prune_opa=-1), ValueError, r"prune_opa must be a number in \[0, 1\), got -1"),
     Case("budgeted-pause-after-reset-negative", lambda _: BudgetedStrategy(pause_refine_after_reset=-1), ValueError,
-         r"pause_refine_after_reset", xfail=f"pause_refine_after_reset=-1 {SILENT}"),
-    Case("budgeted-turbo-fast-negative", lambda _: BudgetedStrategy(turbo_fast=-1), ValueError, r"turbo_fast",
-         xfail=f"turbo_fast=-1 {SILENT}"),
+         r"pause_refine_after_reset must be an int >= 0, got -1"),
+    Case("budgeted-turbo-fast-negative", lambda _: BudgetedStrategy(turbo_fast=-1), ValueError, r"turbo_fast must be a number > 0, got -1"),
+    Case("budgeted-turbo-slow-zero", lambda _: BudgetedStrategy(turbo_slow=0.0), ValueError,
+         r"turbo_slow must be a number > 0, got 0.0"),
+    Case("budgeted-grow-grad-nan", lambda _: BudgetedStrategy(grow_grad2d=float("nan")), ValueError,
+         r"grow_grad2d must be a number >= 0, got nan"),
     Case("budgeted-gradient-key-unknown", lambda _: BudgetedStrategy(key_for_gradient="nope"), ValueError,
-         r"key_for_gradient", xfail=f"key_for_gradient='nope' {SILENT}; it fails only at the first step"),
+         r"key_for_gradient must be one of \('means2d', 'gradient_2dgs'\), got 'nope'"),
     Case("budgeted-sanity-missing-parameter", _without_opacities, ValueError,
          r"params needs 'opacities'; has \['colors', 'means', 'quats', 'scales'\]", build=scene),
     Case("budgeted-sanity-nan", lambda s: s["strategy"].check_sanity(s["params"], s["optimizers"]), ValueError,
@@ -83,11 +82,8 @@ CASES = [
     Case("hashgrid-update-every-zero", lambda _: HashGridPruning(update_every=0), ValueError,
          r"update_every must be an int >= 1, got 0"),
     Case("hashgrid-admm-every-zero", lambda _: HashGridPruning(admm_every=0), ValueError,
-         r"admm_every must be an int >= 1, got 0",
-         xfail="HashGridPruning(admm_every=0) says 'every must be an int >= 1': the message does not name "
-               "admm_every"),
-    Case("hashgrid-encoding-not-a-name", lambda _: HashGridPruning(encoding=3), ValueError, r"encoding",
-         xfail="HashGridPruning(encoding=3) is accepted; the name is only used (get_submodule) at attach"),
+         r"admm_every must be an int >= 1, got 0"),
+    Case("hashgrid-encoding-not-a-name", lambda _: HashGridPruning(encoding=3), ValueError, r"encoding must be the module name of a HashEncoding \(a str\) or None, got 3"),
     Case("hashgrid-attach-without-encoding", lambda m: HashGridPruning().attach(Host(m)), ValueError,
          r"expected exactly one HashEncoding in Sequential, found none", build=lambda: nn.Sequential(nn.Linear(3, 3))),
     Case("hashgrid-attach-without-saliency-grid", lambda m: HashGridPruning().attach(Host(m)), ValueError,
