@@ -35,6 +35,68 @@ def test_sr_ste_gradient_is_dense_gradient_plus_decay():
     assert torch.allclose(lin.weight.grad, torch.tensor([[1.1, 2.0, 3.0, 4.05]]))
 
 
+def test_sr_ste_decoupled_shrinks_pruned_dense_weights_by_lr_times_decay():
+    model, lin = one_linear([[1.0, -2.0, 3.0, 0.5]])
+    opt = torch.optim.SGD([{"params": [lin.weight], "lr": 0.5}, {"params": model[1].parameters(), "lr": 0.0}])
+    enf = SRSTE(decay=0.1, decoupled=True)
+    ctrl = SparsityController(discover_targets(model, layout="2:4"), 0.5, enforcement=enf, model=model,
+                              optimizers=[opt])
+    ctrl.update(0)
+    assert ctrl.masks["0.weight"].tolist() == [[False, True, True, False]]
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    lin(x).sum().backward()  # dL/dw~ = x
+    ctrl.before_optimizer_step(opt)
+    # the gradient is the plain straight-through one; pruned dense weights shrunk by 1 - 0.5 * 0.1
+    assert torch.equal(lin.weight.grad, x)
+    assert torch.allclose(lin.weight, torch.tensor([[0.95, -2.0, 3.0, 0.475]]))
+    opt.step()
+    ctrl.after_optimizer_step(1)
+    dense = ctrl.enforcement.dense_weight(ctrl.target_map["0.weight"])
+    assert torch.allclose(dense, torch.tensor([[0.45, -3.0, 1.5, -1.525]]))
+    assert torch.allclose(lin.weight, torch.tensor([[0.0, -3.0, 1.5, 0.0]]))
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_sr_ste_under_adam_matches_the_formula(decoupled):
+    """Coupled: Adam steps on g + λ(1-m)w. Decoupled: w(1 - ηλ(1-m)), then Adam on g alone."""
+    w0 = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    m = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    lr, lam = 0.01, 0.5
+    model, lin = one_linear(w0.tolist())
+    opt = torch.optim.Adam(lin.parameters(), lr=lr)
+    ctrl = SparsityController(discover_targets(model, layout="2:4"), 0.5,
+                              enforcement=SRSTE(decay=lam, decoupled=decoupled), model=model, optimizers=[opt])
+    ctrl.update(0)
+    ref = w0.clone().requires_grad_(True)
+    ref_opt = torch.optim.Adam([ref], lr=lr)
+    for step in range(1, 4):
+        opt.zero_grad()
+        lin(x).sum().backward()
+        ctrl.before_optimizer_step(opt)
+        opt.step()
+        ctrl.after_optimizer_step(step)
+        with torch.no_grad():
+            if decoupled:
+                ref.mul_(1.0 - lr * lam * (1.0 - m))
+                ref.grad = x.clone()
+            else:
+                ref.grad = x + lam * (1.0 - m) * ref
+        ref_opt.step()
+    dense = ctrl.enforcement.dense_weight(ctrl.target_map["0.weight"])
+    assert torch.allclose(dense, ref.detach(), rtol=1e-6, atol=1e-7)
+    assert ctrl.masks["0.weight"].tolist() == [[False, True, True, False]]
+
+
+def test_sr_ste_options_are_validated():
+    with pytest.raises(ValueError, match="decoupled must be True or False"):
+        SRSTE(decoupled=1)
+    with pytest.raises(ValueError, match="decay"):
+        SRSTE(decay=-1.0)
+    assert repr(SRSTE(1e-3, decoupled=True)) == "SRSTE(decay=0.001, decoupled=True)"
+    assert repr(SRSTE()) == "SRSTE(decay=0.0002)"
+
+
 def test_nm_training_keeps_exactly_n_per_group():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))

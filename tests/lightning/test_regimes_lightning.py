@@ -24,6 +24,8 @@ REGIMES = {
     "hebbian": lambda: SparsityCallback(0.8, enforcement=PruneRegrow("hebbian", every=3, end_step=14)),
     "sr_ste_nm": lambda: SparsityCallback(Constant(sparsity=0.5, end_step=16), layout="2:4", include="fc",
                                           enforcement=SRSTE(), update_every=1),
+    "sr_ste_decoupled": lambda: SparsityCallback(Constant(sparsity=0.5, end_step=16), layout="2:4", include="fc",
+                                                 enforcement=SRSTE(0.5, decoupled=True), update_every=1),
     "decaying": lambda: SparsityCallback(Constant(sparsity=0.5, end_step=16), layout="1:4", include="fc",
                                          enforcement=DecayingMask("exponential", end_step=12), update_every=1),
     "stepwise": lambda: SparsityCallback(StepwiseNM(m=8, n_stages=(4, 2, 1), steps_per_stage=4, start_step=2),
