@@ -4,13 +4,15 @@
 A case is a function ``case(make_trainer, ckpt_path)`` that builds its module, data and
 callbacks from fixed seeds, runs its fit(s) and returns ``(trainer, module)`` of the last
 fit. ``make_trainer(callbacks, **kwargs)`` adds the worker's own callbacks (the checkpoint
-saver, the killer) and its device settings; ``ckpt_path`` is ``None`` for a fresh run and
-the checkpoint to resume from otherwise. ``CASES`` maps a name to the case, when the crash
-run checkpoints (``ModelCheckpoint`` arguments) and the global step after which it is
-killed: always after a checkpoint and in the middle of an epoch.
+saver, the killer, the state recorder; none with ``harness=False``) and its device
+settings; ``ckpt_path`` is ``None`` for a fresh run and the checkpoint to resume from
+otherwise. ``CASES`` maps a name to a :class:`Plan`: the case, when the crash run checkpoints
+(``ModelCheckpoint`` arguments) and the global step after which it is killed (always after
+a checkpoint and in the middle of an epoch), and how its DDP run is judged.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -37,6 +39,21 @@ def core(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
     module = TinyModule()
     trainer = make_trainer([gradual, rigl], max_epochs=3)
     trainer.fit(module, loader(n=64), ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def core_uneven(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
+    """The core case with per-rank data of different lengths (no distributed sampler): rank 0
+    has 8 batches an epoch, rank 1 five; ``max_steps`` bounds both. Mask updates are keyed to
+    the global step, so the ranks meet at every collective although their epochs end apart."""
+    from tests.lightning.helpers import TinyModule, loader
+
+    torch.manual_seed(0)
+    gradual = SparsityCallback(Cubic(end_step=12, final_sparsity=0.7), criterion="taylor", update_every=3)
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    module = TinyModule()
+    trainer = make_trainer([gradual], max_steps=16, use_distributed_sampler=False)
+    trainer.fit(module, loader(n=64 if rank == 0 else 40, seed=rank), ckpt_path=ckpt_path)
     return trainer, module
 
 
@@ -89,6 +106,7 @@ def video(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
     torch.manual_seed(0)
     search = PatternSearch(block_size=16, error_budget=0.5, measure=False, transformer="transformer")
     module = Holder()
+    module.transformer.requires_grad_(False)  # observed, not trained (DDP needs every trained parameter used)
     data = DataLoader(TensorDataset(torch.arange(4.0)[:, None]), batch_size=1)
     trainer = make_trainer([SparsityCallback(programs=[search])], max_epochs=3)
     trainer.fit(module, data, ckpt_path=ckpt_path)
@@ -101,7 +119,7 @@ def continual(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
     1's fit (6 batches an epoch before removal). A resume goes through ``run_stream``."""
     from sparsity_plugins.continual import (DynamicDataRemoval, StreamEvaluation, TaskAwareDynamicMasks,
                                             TrainingFlops, run_stream)
-    from tests.plugins.continual.helpers import module as cl_module, stream, trainer as cl_trainer
+    from tests.plugins.continual.helpers import module as cl_module, stream
 
     s = stream()
     module = cl_module(method="derpp", buffer_size=12, task_aware=True)
@@ -115,7 +133,7 @@ def continual(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
         return last["trainer"]
 
     if ckpt_path is None:
-        cl_trainer(callbacks, max_epochs=2).fit(module, datamodule=s)
+        make_trainer(callbacks, harness=False, max_epochs=2).fit(module, datamodule=s)
         s.set_task(1)
         task_trainer().fit(module, datamodule=s)
     else:
@@ -141,19 +159,27 @@ def peft(make_trainer: MakeTrainer, ckpt_path: Optional[str]) -> Result:
 
 
 @dataclass(frozen=True)
-class CrashPlan:
+class Plan:
     case: Callable[[MakeTrainer, Optional[str]], Result]
-    checkpoint: Dict[str, Any]  # ModelCheckpoint arguments
-    kill_after: int  # the crash run SIGKILLs itself after this global step
+    checkpoint: Optional[Dict[str, Any]] = None  # ModelCheckpoint arguments of the crash run (None: no crash run)
+    kill_after: Optional[int] = None  # the crash run SIGKILLs itself after this global step
     extra: Optional[str] = None  # the optional dependency, for the skip message
+    ddp: Optional[str] = ""  # why the case has no DDP run ("": it has one)
+    ddp_local: Tuple[str, ...] = ()  # state paths (suffixes) that are per-rank by design under DDP
 
 
-CASES: Dict[str, CrashPlan] = {
-    "core": CrashPlan(core, {"every_n_epochs": 1}, kill_after=11),       # saved at step 8, killed in epoch 2
-    "vision": CrashPlan(vision, {"every_n_epochs": 1}, kill_after=6),    # saved at 4, mid-ramp
-    "graph": CrashPlan(graph, {"every_n_train_steps": 6}, kill_after=7, extra="torch_geometric"),
-    "splat": CrashPlan(splat, {"every_n_train_steps": 10}, kill_after=14, extra="gsplat"),
-    "video": CrashPlan(video, {"every_n_epochs": 1}, kill_after=6, extra="diffusers"),
-    "continual": CrashPlan(continual, {"every_n_epochs": 1}, kill_after=8),  # task 1: saved at 6
-    "peft": CrashPlan(peft, {"every_n_epochs": 1}, kill_after=6),
+FULL_BATCH = "PyG's full-batch LightningNodeData refuses more than one device; UGS masks the whole graph"
+# DDR's per-example "last presentation correct" is seen on the rank that drew the example; the
+# scores built from it are averaged over ranks before the masks are chosen (as in the core)
+DDR_LOCAL = ("ddr.controller.criterion.last", "ddr.controller.scopes.default.criterion.last")
+
+CASES: Dict[str, Plan] = {
+    "core": Plan(core, {"every_n_epochs": 1}, kill_after=11),       # saved at step 8, killed in epoch 2
+    "core_uneven": Plan(core_uneven),
+    "vision": Plan(vision, {"every_n_epochs": 1}, kill_after=6),    # saved at 4, mid-ramp
+    "graph": Plan(graph, {"every_n_train_steps": 6}, kill_after=7, extra="torch_geometric", ddp=FULL_BATCH),
+    "splat": Plan(splat, {"every_n_train_steps": 10}, kill_after=14, extra="gsplat"),
+    "video": Plan(video, {"every_n_epochs": 1}, kill_after=6, extra="diffusers"),
+    "continual": Plan(continual, {"every_n_epochs": 1}, kill_after=8, ddp_local=DDR_LOCAL),  # task 1: saved at 6
+    "peft": Plan(peft, {"every_n_epochs": 1}, kill_after=6),
 }

@@ -2,12 +2,15 @@
 
     python tests/robustness/resume_worker.py CASE OUT straight-then-crash
     python tests/robustness/resume_worker.py CASE OUT resume
+    python tests/robustness/resume_worker.py CASE OUT ddp
 
 ``straight-then-crash`` runs the case uninterrupted and writes what it ended with to
 ``OUT/straight.pt``, then runs it again with the plan's checkpoints in ``OUT/ckpt`` and kills
 itself with SIGKILL after the plan's step (nothing is flushed or closed: a preempted node).
 ``resume`` resumes from the latest checkpoint there in a new process and writes
-``OUT/resumed.pt``. One thread, so both runs reduce in the same order.
+``OUT/resumed.pt``. One thread, so both runs reduce in the same order. ``ddp`` runs the
+case on 2 CPU processes (gloo) and each rank writes ``OUT/rank<r>.pt``, with its sparsity
+state after every step.
 """
 from __future__ import annotations
 
@@ -47,14 +50,31 @@ class StartStep(pl.Callback):
         self.step = trainer.global_step
 
 
-def trainer_factory(extra: List[pl.Callback], root: str):
-    def make(callbacks, **kwargs) -> pl.Trainer:
-        saves = any(isinstance(cb, ModelCheckpoint) for cb in extra)
+class StateTrace(pl.Callback):
+    """Every step's sparsity state (callbacks' and the module's checkpoint state), for DDP."""
+
+    def __init__(self) -> None:
+        self.steps: List[Dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({"step": trainer.global_step, **sparsity_state(trainer, pl_module)})
+
+
+HARNESS = (ModelCheckpoint, KillAfter, StartStep, StateTrace)
+
+
+def trainer_factory(extra: List[pl.Callback], root: str, **device):
+    """``make(callbacks, harness=True, **trainer_kwargs)``: a Trainer with the case's callbacks,
+    ``extra`` (unless ``harness=False``: a fit before the one under test) and ``device``."""
+    def make(callbacks, harness: bool = True, **kwargs) -> pl.Trainer:
+        added = extra if harness else []
         args: Dict[str, Any] = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                                     enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                                    enable_checkpointing=saves, default_root_dir=root)
+                                    enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in added),
+                                    default_root_dir=root)
+        args.update(device)
         args.update(kwargs)
-        return pl.Trainer(callbacks=list(callbacks) + extra, **args)
+        return pl.Trainer(callbacks=list(callbacks) + list(added), **args)
     return make
 
 
@@ -69,17 +89,23 @@ def plain(value: Any) -> Any:
     return value
 
 
-def outcome(trainer: pl.Trainer, module: pl.LightningModule) -> Dict[str, Any]:
-    """Where the run ended: weights, logged metrics, step, and the state every callback would
-    checkpoint (masks, schedule positions, budgets, buffers, counters)."""
+def sparsity_state(trainer: pl.Trainer, module: pl.LightningModule) -> Dict[str, Any]:
+    """The state every callback would checkpoint (masks, schedule positions, budgets,
+    buffers, counters) and what the module itself adds to a checkpoint (a 3DGS strategy)."""
     callbacks = {type(cb).__name__ + f"[{i}]": plain(cb.state_dict()) for i, cb in enumerate(trainer.callbacks)
-                 if not isinstance(cb, (ModelCheckpoint, KillAfter, StartStep)) and cb.state_dict()}
-    datamodule = getattr(trainer, "datamodule", None)
-    extra: Dict[str, Any] = {}  # what the module itself adds to a checkpoint (e.g. a 3DGS strategy state)
+                 if not isinstance(cb, HARNESS) and cb.state_dict()}
+    extra: Dict[str, Any] = {}
     module.on_save_checkpoint(extra)
-    return {"weights": plain(module.state_dict()), "global_step": trainer.global_step, "module": plain(extra),
+    return {"callbacks": callbacks, "module": plain(extra)}
+
+
+def outcome(trainer: pl.Trainer, module: pl.LightningModule) -> Dict[str, Any]:
+    """Where the run ended: weights, logged metrics, step, sparsity and data-module state."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return {"weights": plain(module.state_dict()), "global_step": trainer.global_step,
+            "params": [name for name, _ in module.named_parameters()],
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-            "callbacks": callbacks,
+            **sparsity_state(trainer, module),
             "datamodule": plain(datamodule.state_dict()) if datamodule is not None else {}}
 
 
@@ -107,6 +133,13 @@ def main(name: str, out: str, mode: str) -> None:
         result = outcome(trainer, module)
         result["resumed_from"], result["started_at"] = os.path.basename(ckpt), start.step
         torch.save(result, os.path.join(out, "resumed.pt"))
+        return
+    if mode == "ddp":  # Lightning re-runs this script for rank 1
+        trace = StateTrace()
+        trainer, module = plan.case(trainer_factory([trace], root, devices=2, strategy="ddp"), None)
+        result = outcome(trainer, module)
+        result["trace"] = trace.steps
+        torch.save(result, os.path.join(out, f"rank{trainer.global_rank}.pt"))
         return
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -47,11 +47,16 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
         assert a == b or (a != a and b != b), f"{path}: {a!r} vs {b!r}"  # NaN == NaN here
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def needs_extra(name: str) -> None:
+    extra = CASES[name].extra
+    if extra and importlib.util.find_spec(extra) is None:
+        pytest.skip(f"the {name} extra ({extra}) is not installed")
+
+
+@pytest.mark.parametrize("name", [n for n, plan in CASES.items() if plan.kill_after is not None])
 def test_killed_run_resumes_exactly(name, tmp_path):
     plan = CASES[name]
-    if plan.extra and importlib.util.find_spec(plan.extra) is None:
-        pytest.skip(f"the {name} extra ({plan.extra}) is not installed")
+    needs_extra(name)
     crashed = worker(name, tmp_path, "straight-then-crash")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     resumed = worker(name, tmp_path, "resume")
