@@ -54,8 +54,11 @@ class Budget:
 
 def kept_count(n: int, sparsity: float) -> int:
     """Units kept of ``n`` at ``sparsity``: ``⌊(1 − s)·n⌋``, the suite's one rounding rule (a
-    budget is a ceiling on what stays; global ranking, UGS's rounds and TEDDY all keep this)."""
-    return int(math.floor((1.0 - check_sparsity(sparsity)) * n + 1e-9))
+    budget is a ceiling on what stays; global ranking, UGS's rounds and TEDDY all keep this).
+    Float error is absorbed with the allocators' tolerance, relative to the kept amount:
+    ``⌊x + 10⁻⁹·max(1, x)⌋`` with ``x = (1 − s)·n``."""
+    x = (1.0 - check_sparsity(sparsity)) * n
+    return int(math.floor(x + 1e-9 * max(1.0, x)))
 
 
 def unit_cost(target: Target, measure: str) -> float:

@@ -94,7 +94,8 @@ def multiple_choice_knapsack(costs: Sequence[Sequence[float]], errors: Sequence[
     if integral and room + tol < resolution + 1:
         delta, bins = 1.0, int(math.floor(room + tol))
     else:
-        delta, bins = (room / resolution if room > 0 else 1.0), (resolution if room > 0 else 0)
+        # bins span the room plus the tolerance, as the integral case's floor(room + tol) does
+        delta, bins = ((room + tol) / resolution if room > 0 else 1.0), (resolution if room > 0 else 0)
     q = [torch.ceil(x / delta - 1e-9).clamp_min(0).long() for x in extra]
     inf = float("inf")
     best = torch.zeros(bins + 1, dtype=torch.float64)  # E_0(b) = 0: no group yet

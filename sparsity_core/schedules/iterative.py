@@ -58,6 +58,8 @@ class Iterative(Schedule):
         if groups is not None:
             return max(groups.values())
         r = self.round_at(step)
+        if r >= self.rounds:  # exactly the configured value, not 1 - (1 - final)**1
+            return float(self.final_sparsity)
         return 1.0 - (1.0 - self.final_sparsity) ** (r / self.rounds) if r else 0.0
 
     def group_values(self, step: int) -> Optional[Dict[str, float]]:

@@ -38,7 +38,10 @@ class Exponential(Ramp):
         d_i, d_f = 1.0 - self.initial, 1.0 - self.final_sparsity
         if t >= 1.0:
             return float(self.final_sparsity)
-        return 1.0 - d_i * (d_f / d_i) ** t
+        if t <= 0.0:  # exactly the configured value, not 1 - (1 - initial) (one ulp off for many)
+            return float(self.initial)
+        lo, hi = sorted((float(self.initial), float(self.final_sparsity)))
+        return min(max(1.0 - d_i * (d_f / d_i) ** t, lo), hi)  # rounding never leaves [initial, final]
 
 
 @SCHEDULES.register("cosine")

@@ -92,16 +92,6 @@ def test_values_in_range_and_monotone(name, data, extra):
         assert lo - 1e-12 <= v <= hi + 1e-12, (t, v, initial, final)
 
 
-# Known exactness gaps, kept strict so that the marker goes when the schedule is fixed:
-# Exponential before start returns 1 − (1 − initial), Iterative after the last round
-# 1 − (1 − final)^1; both differ from the configured value by one ulp for many values
-# (initial=0.3 -> 0.30000000000000004).
-EXACTNESS_BUGS = {
-    ("exponential", "initial"): "Exponential.value before start_step is 1 - (1 - initial), not initial",
-    ("iterative", "final"): "Iterative.value after end_step is 1 - (1 - final)**1, not final_sparsity",
-}
-
-
 BOUNDARY_CASES = [(name, side) for name in NAMES for side in ("initial", "final")]
 
 
@@ -117,18 +107,10 @@ def check_boundary(name, side, data, before, after):
         assert s.final == final
 
 
-@pytest.mark.parametrize("name,side", [c for c in BOUNDARY_CASES if c not in EXACTNESS_BUGS])
+@pytest.mark.parametrize("name,side", BOUNDARY_CASES)
 @prop_settings(40)
 @given(data=st.data(), before=st.integers(0, 500), after=st.integers(0, 10_000))
 def test_exactly_initial_before_start_and_final_after_end(name, side, data, before, after):
-    check_boundary(name, side, data, before, after)
-
-
-@pytest.mark.parametrize("name,side", [pytest.param(*c, marks=pytest.mark.xfail(strict=True, reason=EXACTNESS_BUGS[c]))
-                                       for c in BOUNDARY_CASES if c in EXACTNESS_BUGS])
-@prop_settings(40, phases=(Phase.explicit, Phase.generate))  # known to fail: no time spent shrinking
-@given(data=st.data(), before=st.integers(0, 500), after=st.integers(0, 10_000))
-def test_known_exactness_gaps(name, side, data, before, after):
     check_boundary(name, side, data, before, after)
 
 
