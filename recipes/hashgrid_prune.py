@@ -13,9 +13,9 @@ recipe that runs in about two minutes on one CPU thread, and keeps what HollowNe
 acts on (three quarters of the picture is empty white background whose hash entries collide
 with the object's). The radiance-field case, a small Instant-NGP-style NeRF of the whole lego
 scene with volume rendering and occupancy-grid sample skipping
-(:mod:`sparsity_plugins.splat.nerf`), is ``bench/hashgrid.py``: its eight fits take about a quarter
-CPU per fit at 100x100. The image is a continuous
-signal (bilinear between pixel centres, Instant-NGP's image protocol): every step trains on
+(:mod:`sparsity_plugins.splat.nerf`), is ``bench/hashgrid.py``: its eight fits take about a
+quarter of an hour of CPU at 100x100. The image is a continuous signal (bilinear between pixel
+centres, Instant-NGP's image protocol): every step trains on
 fresh uniform random points, and the PSNR is measured on ``--data.test_points`` other random
 points, never trained on.
 
