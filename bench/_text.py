@@ -3,14 +3,13 @@ WikiText-2 calibration windows and SST-2 sentences from ../shared/data, sentence
 (attention-mask mean of the last hidden state, L2-normalised) and a logistic-regression probe."""
 from __future__ import annotations
 
-import csv
 import os
-import random
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from _data import SHARED
+from sparsity_plugins.peft.datasets import read_sst2
 
 TEXT = os.path.join(SHARED, "text")
 
@@ -58,14 +57,7 @@ def wikitext_windows(tokenizer, count: int, length: int = 128, batch: int = 16) 
 
 def sst2(split: str, limit: int = 0, seed: int = 0) -> Tuple[List[str], List[int]]:
     """SST-2 ``train`` or ``dev`` sentences and labels (``limit``: a seeded random subset)."""
-    path = os.path.join(TEXT, "sst2", f"{split}.tsv")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"SST-2 not found at {path} (set SPARSITY_SHARED_DATA)")
-    with open(path, encoding="utf-8") as f:
-        rows = [(r["sentence"].strip(), int(r["label"])) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    if limit and limit < len(rows):
-        rows = random.Random(seed).sample(rows, limit)
-    return [r[0] for r in rows], [r[1] for r in rows]
+    return read_sst2(TEXT, split, limit, seed)
 
 
 @torch.no_grad()

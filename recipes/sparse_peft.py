@@ -29,9 +29,7 @@ Prints the dev accuracy, trainable parameters and time per training step.
 """
 from __future__ import annotations
 
-import csv
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
@@ -45,6 +43,7 @@ from torch.utils.data import DataLoader
 from sparsity_core.lightning import SparsityCallback
 from sparsity_core.schedules import Cubic
 from sparsity_plugins.peft import SparseAdapters
+from sparsity_plugins.peft.datasets import read_sst2
 
 LAYERS = r"encoder\.encoder\.layer\.\d+\.attention\.self\.(query|value)"
 METHODS: Dict[str, Dict[str, Any]] = {
@@ -57,18 +56,6 @@ DEFAULT_LR = {"full": 3e-5}
 def shared_root() -> Path:
     here = Path(__file__).resolve().parent
     return Path(os.environ.get("SPARSITY_SHARED_DATA", here.parent.parent / "shared" / "data"))
-
-
-def read_sst2(root: Path, split: str, limit: int = 0, seed: int = 0) -> Tuple[List[str], List[int]]:
-    """SST-2 ``train`` or ``dev`` sentences and labels (``limit``: a seeded random subset)."""
-    path = root / "text" / "sst2" / f"{split}.tsv"
-    if not path.exists():
-        raise FileNotFoundError(f"SST-2 not found at {path} (--data.root or $SPARSITY_SHARED_DATA)")
-    with open(path, encoding="utf-8") as f:
-        rows = [(r["sentence"].strip(), int(r["label"])) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    if limit and limit < len(rows):
-        rows = random.Random(seed).sample(rows, limit)
-    return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def minilm_path() -> str:
@@ -98,8 +85,8 @@ class SST2Data(pl.LightningDataModule):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-        self.train = list(zip(*read_sst2(self.root, "train", self.train_subset, self.seed)))
-        self.dev = list(zip(*read_sst2(self.root, "dev", self.dev_subset, self.seed)))
+        self.train = list(zip(*read_sst2(self.root / "text", "train", self.train_subset, self.seed)))
+        self.dev = list(zip(*read_sst2(self.root / "text", "dev", self.dev_subset, self.seed)))
 
     def collate(self, rows: Sequence[Tuple[str, int]]) -> Dict[str, torch.Tensor]:
         enc = self.tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=self.max_length,
