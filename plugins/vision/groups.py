@@ -11,7 +11,7 @@ group multiplies all those slices, so training sees exactly the network that phy
 removal will produce.
 
 Attention: a module with ``num_heads`` and an output ``proj`` whose projections follow one
-of :data:`ATTENTION_LAYOUTS` (fused ``qkv`` as in timm's ViT; separate ``q`` and ``kv``; or
+of :data:`~.attention_layouts.ATTENTION_LAYOUTS` (fused ``qkv`` as in timm's ViT; separate ``q`` and ``kv``; or
 ``q``, ``k``, ``v``) has its heads as units. The head group is rooted at the input columns
 of ``proj``; unit ``h`` covers columns ``h*head_dim ... (h+1)*head_dim - 1`` and the
 matching rows of every projection. Only whole heads are removed, so ``head_dim`` and the
@@ -45,6 +45,7 @@ from sparsity_core.discovery import as_patterns, classifier_heads
 from sparsity_core.targets import SliceTarget, TensorSlice
 
 from ._deps import torch_pruning
+from .attention_layouts import AttentionForm, attention_ancestor, attention_form, missing_head_slices
 from .tracing import (DEFAULT_GRAPH_TIME_LIMIT, GraphTimeLimitError, check_control_flow, check_time_limit, describe,
                       graph_time_limit as time_limit, measure_macs, record_merges, reference_output_shapes, set_stage,
                       short, time_limit_message, trace_dependencies, without_deadline)
@@ -97,70 +98,6 @@ class ChannelGroups:
             if t.name == name:
                 return t
         raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class AttentionForm:
-    """How an attention module lays out its heads: the projections whose outputs hold
-    ``multiplicity`` blocks of ``heads·head_dim`` rows (fused ``qkv``: 3; ``kv``: 2; ``q``,
-    ``k``, ``v``: 1 each) and the output projection whose input columns are the heads."""
-
-    kind: str
-    projections: Tuple[Tuple[str, int], ...]
-    proj: str
-    head_dim: int
-
-
-#: attention layouts recognised as heads (projection attribute names and row multiplicity)
-ATTENTION_LAYOUTS: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...] = (
-    ("fused qkv", (("qkv", 3),)),
-    ("q/kv split", (("q", 1), ("kv", 2))),
-    ("q/k/v split", (("q", 1), ("k", 1), ("v", 1))),
-    ("q/k/v split", (("wq", 1), ("wk", 1), ("wv", 1))),
-    ("q/k/v split", (("q_proj", 1), ("k_proj", 1), ("v_proj", 1))),
-)
-
-
-def _find_attention(model: nn.Module) -> Dict[str, nn.Module]:
-    """Attention modules whose heads can be units (see :func:`attention_form`)."""
-    return {name: m for name, m in model.named_modules() if attention_form(m) is not None}
-
-
-def attention_form(m: nn.Module) -> Optional[AttentionForm]:
-    """The head layout of ``m``, or ``None``: ``num_heads`` (int), an output ``proj`` (or
-    ``out_proj``) Linear with ``heads·head_dim`` inputs, and projections in one of
-    :data:`ATTENTION_LAYOUTS` with matching widths. ``head_dim`` is the attribute where the
-    module has one, else ``proj.in_features // num_heads``."""
-    heads = getattr(m, "num_heads", None)
-    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-        return None
-    proj_name = "proj" if isinstance(getattr(m, "proj", None), nn.Linear) else \
-        "out_proj" if isinstance(getattr(m, "out_proj", None), nn.Linear) else None
-    if proj_name is None:
-        return None
-    width = getattr(m, proj_name).in_features
-    hd = getattr(m, "head_dim", None)
-    if not isinstance(hd, int):
-        if width % heads:
-            return None
-        hd = width // heads
-    if heads * hd != width:
-        return None  # grouped-query or asymmetric attention: left to channel groups
-    for kind, layout in ATTENTION_LAYOUTS:
-        mods = [getattr(m, attr, None) for attr, _ in layout]
-        if all(isinstance(x, nn.Linear) for x in mods) and \
-                all(x.out_features == mult * width for x, (_, mult) in zip(mods, layout)):
-            return AttentionForm(kind, layout, proj_name, hd)
-    return None
-
-
-def _attention_ancestor(name: str, attention_like: Dict[str, nn.Module]) -> Optional[str]:
-    """The attention-like module (one with ``num_heads``) that contains module ``name``."""
-    best = None
-    for a in attention_like:
-        if a and (name == a or name.startswith(a + ".")) and (best is None or len(a) > len(best)):
-            best = a
-    return best
 
 
 def _slices_of_item(dg, dep, idxs, root_idxs, unit_of_root: torch.Tensor, names: Dict[nn.Module, str],
@@ -495,7 +432,7 @@ def _discover(model, example_inputs, patterns, prune_heads, prune_embed_dim, lim
         if target is None:
             skipped.append((name, why))
             continue
-        missing = _missing_head_slices(target, attn_name, form)
+        missing = missing_head_slices(target, attn_name, form)
         if missing:
             skipped.append((name, f"Torch-Pruning does not couple the heads of {describe(attn, names)} ({form.kind}) "
                                   f"to {', '.join(missing)}"))
@@ -517,7 +454,7 @@ def _discover(model, example_inputs, patterns, prune_heads, prune_embed_dim, lim
                 continue
             reason = bad[t.name]
             inside = sorted({a for s in t.slices
-                             if (a := _attention_ancestor(s.tensor.rsplit(".", 1)[0], attention_like)) is not None})
+                             if (a := attention_ancestor(s.tensor.rsplit(".", 1)[0], attention_like)) is not None})
             if inside:
                 what = describe(attention_like[inside[0]], names)
                 reason += (f"; it runs through attention {what}{' and others' if len(inside) > 1 else ''}, whose "
@@ -538,18 +475,3 @@ def _summary(skipped: Sequence[Tuple[str, str]], limit: int = 4) -> str:
         return "none"
     shown = "; ".join(f"{n}: {r}" for n, r in skipped[:limit])
     return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
-
-
-def _missing_head_slices(target: ChannelGroup, attn_name: str, form: AttentionForm) -> List[str]:
-    """Projections of ``form`` whose output rows the head group does not cover (one slice
-    of ``heads·head_dim`` rows per block of each projection)."""
-    prefix = f"{attn_name}." if attn_name else ""
-    missing = []
-    for attr, mult in form.projections:
-        rows = [s for s in target.slices if s.tensor == f"{prefix}{attr}.weight" and s.dim == 0]
-        if sum(s.index.numel() for s in rows) < mult * target.num_units * form.head_dim:
-            missing.append(f"{attr} outputs")
-    cols = [s for s in target.slices if s.tensor == f"{prefix}{form.proj}.weight" and s.dim == 1]
-    if not cols:
-        missing.append(f"{form.proj} inputs")
-    return missing
