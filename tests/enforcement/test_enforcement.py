@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_core import SparsityController, Target, discover_targets
+from sparsity_core import Cubic, SparsityController, Target, discover_targets
 from sparsity_core.enforcement import HardMask, StraightThrough
+from sparsity_core.enforcement.base import weight_targets
 
 from ..loops import train_steps
 
@@ -39,6 +40,40 @@ def test_hard_zeroes_weights_grads_and_moments():
     loss.backward()
     ctrl.before_optimizer_step(opt)
     assert (lin.weight.grad[~mask] == 0).all() and (lin.weight.grad[mask] != 0).any()
+
+
+def test_gradual_magnitude_pruning_trains_the_same_whether_pruned_moments_are_zeroed_or_stale():
+    """Hard masks zero a pruned entry's gradient before and its value after every step, and a
+    magnitude criterion never ranks a zero above a kept weight, so gradual pruning's masks only
+    grow and its weights do not depend on what happens to the pruned entries' moments: zeroing
+    them at a mask update (what the core does) and leaving them stale train bit-identical
+    weights (bench/gradual_ablation.py, rows issue2 and opt:keep)."""
+
+    class StaleMoments(HardMask):
+        @torch.no_grad()
+        def apply_masks(self, ctrl, previous):
+            for t in weight_targets(ctrl):
+                t.param.data.mul_(self.factor(ctrl, t))
+
+    def train(enforcement):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+        ctrl = SparsityController(discover_targets(model), Cubic(start_step=2, end_step=20, final_sparsity=0.8),
+                                  enforcement=enforcement, update_every=3, model=model, optimizers=[opt])
+        train_steps(model, opt, ctrl, 30, (16, 8))
+        return model, opt, ctrl
+
+    zeroed, opt_z, ctrl_z = train(HardMask())
+    stale, opt_s, ctrl_s = train(StaleMoments())
+    assert ctrl_z.sparsity() == pytest.approx(0.8, abs=0.01) and len(ctrl_z.history) == 7
+    for a, b in zip(zeroed.parameters(), stale.parameters()):
+        assert torch.equal(a, b)
+    w_z, w_s = zeroed[0].weight, stale[0].weight
+    pruned = ~ctrl_z.masks["0.weight"]
+    assert torch.equal(ctrl_z.masks["0.weight"], ctrl_s.masks["0.weight"])
+    assert (opt_z.state[w_z]["exp_avg"][pruned] == 0).all()
+    assert (opt_s.state[w_s]["exp_avg"][pruned] != 0).any()  # the moments did differ
 
 
 def test_ste_keeps_dense_weights_and_masks_forward():
