@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import pytest
 import torch
-from hypothesis import Phase, assume, given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 

@@ -14,7 +14,7 @@ steps, initial/final sparsities, rounds, stages and budgets:
 from __future__ import annotations
 
 import pytest
-from hypothesis import Phase, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsity_core.registry import SCHEDULES

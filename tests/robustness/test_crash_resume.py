@@ -33,7 +33,8 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
     """Bit-identical plain data: tensors by ``torch.equal`` (and dtype), containers by key."""
     assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
     if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
+        assert a.dtype == b.dtype and a.shape == b.shape, \
+            f"{path}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
         assert torch.equal(a, b), f"{path} differs"
     elif isinstance(a, dict):
         assert set(a) == set(b), f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
