@@ -51,29 +51,29 @@ import torch
 
 from _common import progress, parser, result, start, table
 from accuracy_vs_sparsity import STORE, Gradual, Runs, Setup, fmt, mean_se
+from sparsity_core.enforcement.base import weight_targets
 from sparsity_core.enforcement.hard import HardMask
 from sparsity_core.masks import mask_optimizer_state_
+
 
 class KeepState(HardMask):
     """Hard masks that leave the optimizer state alone when masks change."""
 
-    @torch.no_grad()
-    def apply_masks(self, ctrl, previous) -> None:
-        for t in ctrl.targets:
-            if t.param is not None and t.name in ctrl.masks:
-                t.param.data.mul_(self.factor(ctrl, t))
-
-
-class ResetState(HardMask):
-    """Hard masks that zero every moment of a masked tensor at each mask update."""
+    reset_moments = False
 
     @torch.no_grad()
     def apply_masks(self, ctrl, previous) -> None:
-        for t in ctrl.targets:
-            if t.param is not None and t.name in ctrl.masks:
-                t.param.data.mul_(self.factor(ctrl, t))
+        for t in weight_targets(ctrl):
+            t.param.data.mul_(self.factor(ctrl, t))
+            if self.reset_moments:
                 for opt in ctrl.optimizers:
                     mask_optimizer_state_(opt, t.param, t, torch.zeros_like(ctrl.masks[t.name]))
+
+
+class ResetState(KeepState):
+    """Hard masks that zero every moment of a masked tensor at each mask update."""
+
+    reset_moments = True
 
 
 ISSUE2 = Gradual(start=1 / 6, end=2 / 3, update_every=None, updates=40)
