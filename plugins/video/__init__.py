@@ -7,7 +7,8 @@ dense); a CPU block-sparse attention kernel with autograd and a dense reference
 (:mod:`.processors`, :mod:`.plan`; Wan, CogVideoX, HunyuanVideo, LTX-Video, see :mod:`.models`);
 the offline per-head pattern search as a program on the denoising clock (:mod:`.search`,
 choices by :mod:`.allocation`, costs measured on this machine by :mod:`.cost`); BLASST's
-dynamic block skipping (:mod:`.blasst`, reference); a denoising loop, errors and built-in
+dynamic block skipping (:mod:`.blasst`); dynamic methods choosing block masks per call
+(:mod:`.dynamic`); a denoising loop, errors and built-in
 locality for evaluation (:mod:`.evaluation`); tiny random-init models (:mod:`.tiny`).
 ``diffusers`` is imported only when a model is built (``pip install 'sparsity-suite[video]'``).
 """
@@ -27,7 +28,8 @@ _EXPORTS = {
     "tiny_model": "tiny", "tiny_inputs": "tiny",
     "AttentionCost": "cost", "measure_costs": "cost",
     "PatternSearch": "search", "head_targets": "search", "default_candidates": "search",
-    "blasst_attention": "blasst", "calibrate_threshold": "blasst",
+    "blasst_attention": "blasst", "calibrate_threshold": "blasst", "Blasst": "blasst",
+    "DynamicAttention": "dynamic", "per_head_attention": "dynamic",
     "knapsack": "allocation", "within_budget": "allocation", "ranked_dense": "allocation",
     "denoise": "evaluation", "relative_l2": "evaluation", "psnr": "evaluation", "add_rope_locality": "evaluation",
 }

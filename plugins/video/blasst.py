@@ -16,7 +16,8 @@ a budget on calibration inputs, per sequence length.
 
 This is the CPU reference of the decision rule (it still computes every ``Q_i K_jᵀ`` block to
 decide; a fused kernel saves the skipped ``exp`` and ``P·V`` work): it returns the output and
-the fraction of (head, query block, key block) triples skipped.
+the fraction of (head, query block, key block) triples skipped. :class:`Blasst` runs it inside
+a model's processors (``install(model, block_size=128, method=Blasst(threshold))``).
 """
 from __future__ import annotations
 
@@ -29,14 +30,16 @@ from torch import Tensor
 
 from sparsity_core.validation import check_int, check_range
 
+from .dynamic import DynamicAttention
+from .layout import TokenLayout
+
 
 def blasst_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int, threshold: float = math.inf,
                      scale: Optional[float] = None) -> Tuple[Tensor, float]:
     """Attention of ``[B, H, S, D]`` tensors with BLASST's skipping at ``threshold`` ``λ``;
     returns ``(output, skipped fraction)``."""
     check_int(block_size, "block_size", minimum=1)
-    if not (isinstance(threshold, (int, float)) and threshold >= 0):
-        raise ValueError(f"threshold must be a number >= 0 (math.inf: dense), got {threshold!r}")
+    check_threshold(threshold)
     b, h, s, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     outs, skipped, total = [], 0, 0
@@ -62,6 +65,39 @@ def blasst_attention(q: Tensor, k: Tensor, v: Tensor, block_size: int, threshold
             m = torch.where(skip, m, m_new)
         outs.append(acc / den)
     return torch.cat(outs, dim=2), skipped / max(1, total)
+
+
+def check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and threshold >= 0):
+        raise ValueError(f"threshold must be a number >= 0 (math.inf: dense), got {threshold!r}")
+    return float(threshold)
+
+
+class Blasst(DynamicAttention):
+    """BLASST inside the processors: every self-attention call runs :func:`blasst_attention`
+    at ``threshold`` (one per sequence length: a mapping ``{tokens: λ}`` from
+    :func:`calibrate_threshold`, or one number for every length; a length missing from the
+    mapping runs dense). :attr:`stats` ``density`` is the fraction of (head, query block, key
+    block) triples computed."""
+
+    name = "blasst"
+
+    def __init__(self, threshold: "float | dict" = math.inf, dense_steps: int = 0) -> None:
+        super().__init__(dense_steps)
+        if isinstance(threshold, dict):
+            for tokens, lam in threshold.items():
+                check_int(tokens, "threshold sequence length", minimum=1)
+                check_threshold(lam)
+        else:
+            check_threshold(threshold)
+        self.threshold = threshold
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], layout: TokenLayout,
+               block_size: int) -> Tensor:
+        lam = self.threshold.get(q.shape[2], math.inf) if isinstance(self.threshold, dict) else self.threshold
+        out, skipped = blasst_attention(q, k, v, block_size, lam, scale)
+        self.record(1.0 - skipped)
+        return out
 
 
 def calibrate_threshold(batches: Sequence[Tuple[Tensor, Tensor, Tensor]], block_size: int, max_error: float,

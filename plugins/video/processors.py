@@ -18,6 +18,10 @@ timesteps (so classifier-free guidance's two calls per step count once); the fir
 ``plan.dense_steps`` steps run dense. :meth:`SparseAttention.uninstall` puts the original
 processor objects back and removes the hook (diffusers' global attention backend is never
 touched).
+
+Instead of a plan, a dynamic method (:class:`.dynamic.DynamicAttention`: BLASST, ProxyAttn,
+S2O, SeerAttention, Trainable Dynamic Mask Attention) may be installed; it chooses its block
+mask from every call's q / k / v and runs after its own ``dense_steps``.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 
 from sparsity_core.validation import check_int
 
+from .dynamic import DynamicAttention
 from .kernel import head_groups, multi_pattern_attention
 from .layout import TokenLayout
 from .models import attention_layers, bind_forward, hook_owner, model_spec, num_heads
@@ -109,8 +114,9 @@ def wrap(inner: Any, layer: int, session: "SparseAttention") -> SparseAttnProces
 class SparseAttention:
     """The installed state: plan, current layout / timestep / step, original processors."""
 
-    def __init__(self, model: nn.Module, plan: Optional[AttentionPlan], block_size: int) -> None:
-        self.model, self.plan, self.block_size = model, plan, block_size
+    def __init__(self, model: nn.Module, plan: Optional[AttentionPlan], block_size: int,
+                 method: Optional[DynamicAttention] = None) -> None:
+        self.model, self.plan, self.block_size, self.method = model, plan, block_size, method
         self.spec = model_spec(model)
         self.hook = hook_owner(self.spec)
         self.layout: Optional[TokenLayout] = None
@@ -170,6 +176,8 @@ class SparseAttention:
             return False
         if self.observer is not None:
             return True
+        if self.method is not None:
+            return self.step >= self.method.dense_steps
         return self.plan is not None and self.step >= self.plan.dense_steps
 
     def groups(self, layer: int) -> List[Tuple[List[int], Tensor]]:
@@ -198,6 +206,8 @@ class SparseAttention:
             out = self.observer(layer, q, k, v, scale)
             if out is None:
                 return None
+        elif self.method is not None:
+            out = self.method.attend(layer, q, k, v, scale, self.layout, self.block_size)
         else:
             out = multi_pattern_attention(q, k, v, self.groups(layer), self.block_size, scale)
         self.calls["sparse"] += 1
@@ -216,11 +226,18 @@ def check_plan(model: nn.Module, plan: AttentionPlan) -> None:
                          f"{layers} × {num_heads(model)}")
 
 
-def install(model: nn.Module, plan: Optional[AttentionPlan] = None,
-            block_size: Optional[int] = None) -> SparseAttention:
-    """Wrap ``model``'s self-attention processors with ``plan`` (``None``: dense until an
-    observer is set, the search's mode); every check runs before any processor changes."""
+def install(model: nn.Module, plan: Optional[AttentionPlan] = None, block_size: Optional[int] = None,
+            method: Optional[DynamicAttention] = None) -> SparseAttention:
+    """Wrap ``model``'s self-attention processors with ``plan``, or with the dynamic ``method``
+    (needs ``block_size``), or neither (dense until an observer is set, the search's mode);
+    every check runs before any processor changes."""
     model_spec(model)
+    if method is not None:
+        if plan is not None:
+            raise ValueError("install takes a static plan or a dynamic method, not both")
+        if not isinstance(method, DynamicAttention):
+            raise ValueError(f"method must be a DynamicAttention (BLASST, ProxyAttn, S2O, SeerAttention, ...), "
+                             f"got {type(method).__name__}")
     if plan is not None:
         check_plan(model, plan)
         block_size = plan.block_size if block_size is None else block_size
@@ -231,7 +248,7 @@ def install(model: nn.Module, plan: Optional[AttentionPlan] = None,
     check_int(block_size, "block_size", minimum=1)
     if any(isinstance(m.processor, SparseAttnProcessor) for m in attention_layers(model)):
         raise ValueError("sparse attention is already installed on this model; uninstall it first")
-    session = SparseAttention(model, plan, int(block_size))
+    session = SparseAttention(model, plan, int(block_size), method)
     session._install()
     return session
 
