@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sparsity_core.validation import check_int
 
-from .kernel import head_groups, multi_pattern_attention
+from .kernel import head_groups, multi_pattern_attention, use_flex
 from .layout import TokenLayout
 from .patterns import block_lengths
 
@@ -57,14 +57,18 @@ def mask_density(mask: Tensor, seq_len: int, block_size: int) -> float:
 
 
 def per_head_attention(q: Tensor, k: Tensor, v: Tensor, masks: Tensor, block_size: int,
-                       scale: Optional[float] = None) -> Tensor:
+                       scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of ``[B, H, S, D]`` tensors with a block mask per batch element and head
-    (``masks``: ``[B, H, nb, nb]`` bool); equal masks within a batch element share one call."""
+    (``masks``: ``[B, H, nb, nb]`` bool); equal masks within a batch element share one call
+    (FlexAttention, :mod:`.kernel`'s ``backend``: one call for everything)."""
     if masks.dim() != 4 or masks.shape[:2] != q.shape[:2]:
         raise ValueError(f"masks must be [B, H, nb, nb] = [{q.shape[0]}, {q.shape[1]}, nb, nb], got "
                          f"{tuple(masks.shape)}")
+    if use_flex(q, block_size, backend):
+        from .flex import flex_attention_masked
+        return flex_attention_masked(q, k, v, masks, block_size, scale)
     outs = [multi_pattern_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], head_groups(list(masks[b])), block_size,
-                                    scale) for b in range(q.shape[0])]
+                                    scale, "gather") for b in range(q.shape[0])]
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 

@@ -22,6 +22,12 @@ Every step is a differentiable PyTorch op, so the backward pass (SDPA's own back
 call) costs the same fraction of dense as the forward. As in Sparse VideoGen's and STA's
 kernels, the saving is the skipped blocks; the dense reference is :func:`masked_attention`.
 A query block whose key set is empty outputs zeros.
+
+``backend`` picks the implementation: ``"gather"`` this loop, ``"flex"`` FlexAttention with
+a ``BlockMask`` (:mod:`.flex`: one fused kernel for all heads, compiled; its backward exists
+on CUDA only), ``"auto"`` (default) FlexAttention for CUDA tensors when the block size is a
+multiple of 128 (FlexAttention's own block size, the one its CUDA kernels are tuned for) and
+this loop otherwise.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+BACKENDS = ("auto", "gather", "flex")
 
 #: SDPA as imported here: processors may swap ``F.scaled_dot_product_attention`` during a call
 _sdpa = F.scaled_dot_product_attention
@@ -115,12 +123,26 @@ def _take(x: Tensor, keys: Keys, block_size: int) -> Tensor:
     return torch.cat([blocks, x[:, :, full * block_size:]], dim=2) if keys.tail else blocks
 
 
+def use_flex(x: Tensor, block_size: int, backend: str = "auto") -> bool:
+    """Whether ``backend`` means FlexAttention for tensors like ``x`` (see the module)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; valid: {list(BACKENDS)}")
+    if backend == "auto":
+        from .flex import flex_available
+        return x.is_cuda and block_size % 128 == 0 and flex_available()
+    return backend == "flex"
+
+
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: Tensor, block_size: int,
-                           scale: Optional[float] = None) -> Tensor:
+                           scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of ``[B, H, S, D]`` tensors over the kept blocks of ``block_mask`` (see the module)."""
     s = q.shape[2]
     if k.shape[2] != s or v.shape[2] != s:
         raise ValueError(f"block-sparse self-attention needs equal query and key lengths, got {s} and {k.shape[2]}")
+    if use_flex(q, block_size, backend):
+        from .flex import flex_attention_masked
+        schedule(block_mask, s, block_size)  # the same shape checks
+        return flex_attention_masked(q, k, v, block_mask[None, None], block_size, scale)
     plan = schedule(block_mask, s, block_size)
     if plan.diagonal and all(x.is_contiguous() for x in (q, k, v)):
         b, h = q.shape[:2]
@@ -162,9 +184,17 @@ def head_groups(masks: Sequence[Tensor]) -> List[Tuple[List[int], Tensor]]:
 
 
 def multi_pattern_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[Tuple[List[int], Optional[Tensor]]],
-                            block_size: int, scale: Optional[float] = None) -> Tensor:
+                            block_size: int, scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of ``[B, H, S, D]`` tensors with a block mask per group of heads (``None``:
-    dense SDPA); heads sharing a mask run in one kernel call."""
+    dense SDPA); heads sharing a mask run in one kernel call (FlexAttention: all heads in one)."""
+    if use_flex(q, block_size, backend):
+        from .flex import flex_attention_masked
+        nb = math.ceil(q.shape[2] / block_size)
+        masks = torch.ones(1, q.shape[1], nb, nb, dtype=torch.bool)
+        for heads, mask in groups:
+            if mask is not None:
+                masks[0, heads] = mask.cpu()
+        return flex_attention_masked(q, k, v, masks, block_size, scale)
     if len(groups) == 1 and len(groups[0][0]) == q.shape[1]:
         heads, mask = groups[0]
         if heads == list(range(q.shape[1])):
