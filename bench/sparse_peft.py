@@ -16,11 +16,18 @@ images, 3 epochs, 2,000 test images; quick: 1,000, 1, 500) by each method on the
 projections (3,072 trainable adapter entries per block; the new head trains in all); full
 fine-tuning at lr 3e-4, adapters at 1e-3.
 
+Learning rates (``--select-lr``, on by default): each method's learning rate is chosen from a
+grid (full: 1e-5 / 3e-5 / 1e-4 text, 1e-4 / 3e-4 / 1e-3 vision; adapters: 1e-3 / 3e-3 / 1e-2 / 3e-2) by
+accuracy on *held-out training data* (text: 400 training sentences not trained on, seed 0;
+vision: 1,000 CIFAR-10 training images not trained on), never on dev or test; the seeded runs
+then use the chosen rate. ``--no-select-lr`` uses the fixed rates above.
+
 Targets (issue 16): SNELL accuracy >= LoRA's at the same rank with optimizer-state bytes <=
 LoRA's; every sparse method (SNELL, PST, DSEE) >= LoRA - 1 pt (means over seeds).
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -46,17 +53,49 @@ VIT_QKV = r"blocks\.\d+\.attn\.qkv"
 VIT_PARAMS = {"snell": {"r": 8, "sparsity": 0.5}, "pst": {"r": 4, "r_score": 3}, "dsee": {"r": 6, "n_sparse": 768}}
 
 
-def text_runs(quick: bool, seeds: List[int]) -> Dict[str, List[Dict[str, float]]]:
-    out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
+TEXT_LR = {"full": 3e-5, "adapter": 1e-3}
+VISION_LR = {"full": 3e-4, "adapter": 1e-3}
+TEXT_GRID = {"full": [1e-5, 3e-5, 1e-4], "adapter": [1e-3, 3e-3, 1e-2, 3e-2]}
+VISION_GRID = {"full": [1e-4, 3e-4, 1e-3], "adapter": [1e-3, 3e-3, 1e-2, 3e-2]}
+
+
+def kind(method: str) -> str:
+    return "full" if method == "full" else "adapter"
+
+
+def text_run(method: str, seed: int, lr: float, n_train: int, epochs: int, n_dev: int = 0,
+             holdout: int = 0) -> Dict[str, float]:
+    args = [f"--model.method={method}", f"--model.seed={seed}", f"--model.lr={lr}", f"--data.seed={seed}",
+            f"--data.train_subset={n_train}", f"--data.dev_subset={n_dev}", f"--data.holdout={holdout}",
+            f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false", f"--seed_everything={seed}"]
+    return recipe.main(args)
+
+
+def select_lr(name: str, grid: Dict[str, List[float]], evaluate) -> Tuple[Dict[str, float], List[list]]:
+    """Per method, the grid's learning rate with the best held-out accuracy ``evaluate(method, lr)``."""
+    chosen, rows = {}, []
+    for method in METHODS:
+        scores = {lr: evaluate(method, lr) for lr in grid[kind(method)]}
+        chosen[method] = max(scores, key=lambda lr: (scores[lr], -lr))
+        rows.append([method] + [f"{lr:g}: {100 * a:.2f}" for lr, a in scores.items()] + [f"{chosen[method]:g}"])
+        progress(f"{name} lr for {method}: {chosen[method]:g} ({rows[-1][1:-1]})")
+    return chosen, rows
+
+
+def text_runs(quick: bool, seeds: List[int], select: bool):
     n_train, epochs, n_dev = (256, 1, 200) if quick else (2000, 2, 0)
+    lrs = {m: TEXT_LR[kind(m)] for m in METHODS}
+    rows: List[list] = []
+    if select:
+        held = (64, 1, 64) if quick else (1600, 2, 400)
+        lrs, rows = select_lr("text", TEXT_GRID, lambda m, lr: text_run(m, 0, lr, held[0], held[1],
+                                                                        holdout=held[2])["dev_accuracy"])
+    out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
     for seed in seeds:
         for method in METHODS:
-            args = [f"--model.method={method}", f"--model.seed={seed}", f"--data.seed={seed}",
-                    f"--data.train_subset={n_train}", f"--data.dev_subset={n_dev}", f"--trainer.max_epochs={epochs}",
-                    "--trainer.enable_progress_bar=false", f"--seed_everything={seed}"]
-            out[method].append(recipe.main(args))
+            out[method].append(text_run(method, seed, lrs[method], n_train, epochs, n_dev))
             progress(f"text {method} seed {seed}: {100 * out[method][-1]['dev_accuracy']:.2f}%")
-    return out
+    return out, lrs, rows
 
 
 def text_memory():
@@ -113,7 +152,7 @@ def accuracy(model, x, y) -> float:
     return sum(int((model(x[i:i + 500]).argmax(-1) == y[i:i + 500]).sum()) for i in range(0, len(x), 500)) / len(x)
 
 
-def adapt(method: str, pretrained, data, epochs: int, seed: int) -> Dict[str, float]:
+def adapt(method: str, pretrained, data, epochs: int, seed: int, lr: float) -> Dict[str, float]:
     (xt, yt), (xe, ye) = data
     torch.manual_seed(seed)
     model = vit()
@@ -121,16 +160,16 @@ def adapt(method: str, pretrained, data, epochs: int, seed: int) -> Dict[str, fl
     model.reset_classifier(10)  # a fresh head for the new task
     per_step = None
     if method == "full":
-        params, lr = list(model.parameters()), 3e-4
+        params = list(model.parameters())
     elif method == "peft_lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=VIT_QKV, modules_to_save=["head"]))
-        params, lr = [p for p in model.parameters() if p.requires_grad], 1e-3
+        params = [p for p in model.parameters() if p.requires_grad]
     else:
         adapters = inject_adapters(model, method=method, target_modules=VIT_QKV, modules_to_save="head",
                                    **VIT_PARAMS[method])
-        params, lr = list(adapters.trainable_parameters().values()), 1e-3
+        params = list(adapters.trainable_parameters().values())
         if method == "pst":
             ramp = Cubic(start_step=0, end_step=max(2, epochs * len(xt) // 64 // 2), final_sparsity=0.5)
             per_step = lambda step: adapters.set_sparsity(ramp.value(step))  # noqa: E731
@@ -139,20 +178,28 @@ def adapt(method: str, pretrained, data, epochs: int, seed: int) -> Dict[str, fl
             "state_bytes": float(state)}
 
 
-def vision_runs(quick: bool, seeds: List[int]) -> Dict[str, List[Dict[str, float]]]:
+def vision_runs(quick: bool, seeds: List[int], select: bool):
     n_mnist, mnist_epochs, n_train, n_test, epochs = (5000, 1, 1000, 500, 1) if quick else (20000, 2, 5000, 2000, 3)
+    n_held = 250 if quick else 1000
     (xm, ym), _ = mnist_split(n_mnist)
     torch.manual_seed(0)
     base = vit()
     train(base, list(base.parameters()), to_rgb32(xm), ym, mnist_epochs, 1e-3, 0)
     pretrained = {k: v.clone() for k, v in base.state_dict().items()}
-    data = cifar10_split(n_train, n_test)
+    (xt, yt), test = cifar10_split(n_train + n_held, n_test)
+    data = ((xt[:n_train], yt[:n_train]), test)
+    lrs = {m: VISION_LR[kind(m)] for m in METHODS}
+    rows: List[list] = []
+    if select:  # the held-out images are training images never trained on
+        held = ((xt[:n_train], yt[:n_train]), (xt[n_train:], yt[n_train:]))
+        lrs, rows = select_lr("vision", VISION_GRID,
+                              lambda m, lr: adapt(m, pretrained, held, epochs, 0, lr)["accuracy"])
     out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
     for seed in seeds:
         for method in METHODS:
-            out[method].append(adapt(method, pretrained, data, epochs, seed))
+            out[method].append(adapt(method, pretrained, data, epochs, seed, lrs[method]))
             progress(f"vision {method} seed {seed}: {100 * out[method][-1]['accuracy']:.2f}%")
-    return out
+    return out, lrs, rows
 
 
 def summarize(runs: Dict[str, List[Dict[str, float]]], key: str) -> Dict[str, float]:
@@ -161,23 +208,33 @@ def summarize(runs: Dict[str, List[Dict[str, float]]], key: str) -> Dict[str, fl
 
 def main() -> None:
     p = parser(__doc__, seeds=True)
+    p.add_argument("--select-lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="choose each method's learning rate on held-out training data first")
     args = p.parse_args()
     start(args)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
-    text = text_runs(args.quick, seeds)
+    text, text_lrs, text_sel = text_runs(args.quick, seeds, args.select_lr)
     rows, mem = text_memory()
-    vision = vision_runs(args.quick, seeds)
+    vision, vision_lrs, vision_sel = vision_runs(args.quick, seeds, args.select_lr)
+    for name, sel, grid in (("SST-2", text_sel, TEXT_GRID), ("CIFAR-10", vision_sel, VISION_GRID)):
+        if sel:
+            print(f"\nLearning rate chosen on held-out training data ({name}, seed 0): accuracy per grid rate (%)")
+            width = max(len(r) for r in sel)
+            table(["method"] + [f"rate {i + 1}" for i in range(width - 2)] + ["chosen"],
+                  [r[:-1] + ["-"] * (width - len(r)) + r[-1:] for r in sel])
     text_acc, vis_acc = summarize(text, "dev_accuracy"), summarize(vision, "accuracy")
     sd = lambda rs, k: 100 * statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0  # noqa: E731
     print(f"\nSST-2 dev accuracy, MiniLM, {len(seeds)} seed(s), {args.threads} thread(s)")
-    table(["method", "dev acc (%)", "std", "trainable", "step (ms)"],
-          [[m, f"{text_acc[m]:.2f}", f"{sd(text[m], 'dev_accuracy'):.2f}", f"{int(text[m][0]['trainable']):,}",
-            f"{statistics.median(r['step_ms'] for r in text[m]):.0f}"] for m in METHODS])
+    table(["method", "lr", "dev acc (%)", "std", "trainable", "step (ms)"],
+          [[m, f"{text_lrs[m]:g}", f"{text_acc[m]:.2f}", f"{sd(text[m], 'dev_accuracy'):.2f}",
+            f"{int(text[m][0]['trainable']):,}", f"{statistics.median(r['step_ms'] for r in text[m]):.0f}"]
+           for m in METHODS])
     print("\nMemory of one training step (MiniLM, batch 32, AdamW)\n" + mem)
     print(f"\nCIFAR-10 (JPEG) test accuracy, ViT pre-trained on MNIST, {len(seeds)} seed(s)")
-    table(["method", "test acc (%)", "std", "trainable", "step (ms)"],
-          [[m, f"{vis_acc[m]:.2f}", f"{sd(vision[m], 'accuracy'):.2f}", f"{int(vision[m][0]['trainable']):,}",
-            f"{statistics.median(r['step_ms'] for r in vision[m]):.0f}"] for m in METHODS])
+    table(["method", "lr", "test acc (%)", "std", "trainable", "step (ms)"],
+          [[m, f"{vision_lrs[m]:g}", f"{vis_acc[m]:.2f}", f"{sd(vision[m], 'accuracy'):.2f}",
+            f"{int(vision[m][0]['trainable']):,}", f"{statistics.median(r['step_ms'] for r in vision[m]):.0f}"]
+           for m in METHODS])
     states = {"text": {r.method: r.optimizer_state_bytes for r in rows},
               "vision": {m: int(vision[m][0]["state_bytes"]) for m in METHODS}}
     for name, acc in (("text", text_acc), ("vision", vis_acc)):

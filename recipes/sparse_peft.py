@@ -68,14 +68,17 @@ def minilm_path() -> str:
 
 class SST2Data(pl.LightningDataModule):
     """Tokenised SST-2: ``train_subset`` training sentences (0: all), the dev set (``dev_subset``:
-    a seeded subset, 0: all 872), batches padded to their longest sentence (``max_length`` cap)."""
+    a seeded subset, 0: all 872), batches padded to their longest sentence (``max_length`` cap).
+    ``holdout`` > 0 evaluates on that many further *training* sentences instead of the dev set
+    (disjoint from the ones trained on): for choosing hyper-parameters without reading dev."""
 
     def __init__(self, root: Optional[str] = None, train_subset: int = 2000, dev_subset: int = 0,
-                 batch_size: int = 32, max_length: int = 64, seed: int = 0) -> None:
+                 batch_size: int = 32, max_length: int = 64, seed: int = 0, holdout: int = 0) -> None:
         super().__init__()
-        if train_subset < 0 or dev_subset < 0 or batch_size < 1 or max_length < 8:
-            raise ValueError("train_subset and dev_subset must be >= 0, batch_size >= 1, max_length >= 8")
+        if train_subset < 0 or dev_subset < 0 or holdout < 0 or batch_size < 1 or max_length < 8:
+            raise ValueError("train_subset, dev_subset and holdout must be >= 0, batch_size >= 1, max_length >= 8")
         self.root = Path(root) if root else shared_root()
+        self.holdout = holdout
         self.train_subset, self.dev_subset, self.batch_size = train_subset, dev_subset, batch_size
         self.max_length, self.seed = max_length, seed
         self.train: List[Tuple[str, int]] = []
@@ -85,8 +88,12 @@ class SST2Data(pl.LightningDataModule):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
-        self.train = list(zip(*read_sst2(self.root / "text", "train", self.train_subset, self.seed)))
-        self.dev = list(zip(*read_sst2(self.root / "text", "dev", self.dev_subset, self.seed)))
+        limit = self.train_subset + self.holdout if self.train_subset else 0
+        self.train = list(zip(*read_sst2(self.root / "text", "train", limit, self.seed)))
+        if self.holdout:
+            self.train, self.dev = self.train[:-self.holdout], self.train[-self.holdout:]
+        else:
+            self.dev = list(zip(*read_sst2(self.root / "text", "dev", self.dev_subset, self.seed)))
 
     def collate(self, rows: Sequence[Tuple[str, int]]) -> Dict[str, torch.Tensor]:
         enc = self.tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=self.max_length,
@@ -204,7 +211,8 @@ def main(args: Optional[List[str]] = None) -> Dict[str, float]:
     model = cli.model
     out = {"dev_accuracy": dev_accuracy(model, cli.datamodule), "trainable": float(model.trainable()),
            "step_ms": 1000 * float(torch.tensor(model.step_seconds[1:] or model.step_seconds).median())}
-    print(f"{model.method}: SST-2 dev accuracy {100 * out['dev_accuracy']:.2f}%, trainable parameters "
+    where = "held-out training" if cli.datamodule.holdout else "dev"
+    print(f"{model.method}: SST-2 {where} accuracy {100 * out['dev_accuracy']:.2f}%, trainable parameters "
           f"{int(out['trainable']):,}, median training step {out['step_ms']:.0f} ms")
     return out
 

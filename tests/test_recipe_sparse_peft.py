@@ -50,3 +50,14 @@ def test_unknown_method_is_refused(recipe, capsys):
         run(recipe, "prefix_tuning")
     message = str(err.value) + capsys.readouterr().err
     assert "prefix_tuning" in message and "peft_lora" in message and "snell" in message
+
+
+def test_holdout_evaluates_on_unseen_training_sentences(recipe):
+    data = recipe.SST2Data(root=SHARED_DATA, train_subset=10, holdout=4, seed=3)
+    data.setup()
+    assert len(data.train) == 10 and len(data.dev) == 4
+    assert not set(data.train) & set(data.dev)
+    train_sentences = set(recipe.read_sst2(os.path.join(SHARED_DATA, "text"), "train")[0])
+    assert all(sentence in train_sentences for sentence, _ in data.dev)
+    with pytest.raises(ValueError, match="holdout"):
+        recipe.SST2Data(root=SHARED_DATA, holdout=-1)
