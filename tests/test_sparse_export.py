@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsity_core.sparse_export import SparseConv1x1, SparseLinear, export_sparse
+from sparsity_core.sparse_export import SparseConv1x1, SparseLinear, _csr32, export_sparse
 
 
 def masked_linear(out_f, in_f, sparsity, seed=0, bias=True):
@@ -30,6 +30,17 @@ def test_sparse_linear_equals_the_dense_masked_layer(fmt):
         out = SparseLinear(storage(lin.weight.detach(), fmt), lin.bias, fmt)(x)
         assert out.shape == (2, 3, 8)
         assert torch.allclose(out, lin(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 12), (1, 1, 12), (5, 12)])
+def test_int32_csr_for_one_row_and_many_equals_the_dense_layer(shape):
+    lin = masked_linear(8, 12, 0.9, seed=1)
+    w = _csr32(lin.weight.detach())
+    assert w.crow_indices().dtype == torch.int32 and w.col_indices().dtype == torch.int32
+    assert torch.equal(w.to_dense(), lin.weight.detach())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.allclose(SparseLinear(w, lin.bias, "csr")(x), lin(x), rtol=1e-5, atol=1e-6)
 
 
 def test_sparse_layers_refuse_gradients_and_scipy_weights_refuse_to_move():
