@@ -252,6 +252,9 @@ def export_sparse(model: nn.Module, *args, min_sparsity: float = 0.5, min_speedu
         unknown = sorted(set(include) - set(named))
         if unknown:
             raise ValueError(f"include names modules the model does not have: {unknown[:5]}")
+    if isinstance(model, nn.Linear) or _pointwise(model):
+        raise ValueError(f"export_sparse replaces layers inside a model in place; the model itself is a "
+                         f"{type(model).__name__}: wrap it (nn.Sequential(layer)) and export that")
     layers = {}
     for name, m in named.items():
         if (include is None or name in include) and (isinstance(m, nn.Linear) or _pointwise(m)):

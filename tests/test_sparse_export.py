@@ -152,3 +152,10 @@ def test_bad_arguments_are_refused_before_any_change(kwargs, match):
     with pytest.raises(ValueError, match=match):
         export_sparse(net, torch.randn(3, 32), **kwargs)
     assert {n: type(m) for n, m in net.named_modules()} == before
+
+
+def test_a_model_that_is_itself_the_layer_is_refused_with_the_way_out():
+    lin = masked_linear(8, 12, 0.9)
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        export_sparse(lin, torch.randn(1, 12))
+    assert isinstance(lin, nn.Linear) and not lin._forward_hooks
