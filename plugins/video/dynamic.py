@@ -87,6 +87,10 @@ class DynamicAttention:
         self.dense_steps = int(dense_steps)
         self.stats: Dict[str, float] = {"calls": 0, "density": 0.0}
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise ``ValueError`` when the method cannot run on ``model`` (called by ``install``
+        before any processor changes; methods with per-layer state check their layer count)."""
+
     def select(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], layout: TokenLayout,
                block_size: int) -> Tensor:
         """``[B, H, nb, nb]`` bool: the key blocks each query block of each head computes."""

@@ -5,6 +5,16 @@ for the attention product (and whether q/k/v come as ``[B, S, H, D]`` for diffus
 ``dispatch_attention_fn`` or ``[B, H, S, D]`` for ``F.scaled_dot_product_attention``), and
 the self-attention token layout of a forward call (frames × height × width after patching,
 text tokens before or after the video ones). Cross-attention layers are never touched.
+
+Mochi (``MochiAttnProcessor2_0``) joins each sample's video tokens with its *valid* text
+tokens only, ``[video; text[mask_b]]``, and calls ``F.scaled_dot_product_attention`` (q/k/v
+``[1, H, S, D]``) once per batch element, so per-sample lengths differ when the
+``encoder_attention_mask`` pads the prompt. Its layout's ``text`` is the padded prompt length
+``N`` (``encoder_hidden_states.shape[1]``, an upper bound that keeps a plan valid for every
+prompt of that length); a call with ``F·H·W + n`` tokens, ``n ≤ N``, is that layout with
+``n`` text tokens (``variable_text``: text is dense in every pattern, so this is exact).
+Its attention modules have no ``set_processor`` and the model no ``attn_processors``: the
+processors are assigned per layer.
 """
 from __future__ import annotations
 
@@ -41,6 +51,12 @@ def _hunyuan_layout(model: nn.Module, args: Mapping[str, Any]) -> TokenLayout:
     return TokenLayout(f // pt, h // p, w // p, text=int(args["encoder_hidden_states"].shape[1]), text_first=False)
 
 
+def _mochi_layout(model: nn.Module, args: Mapping[str, Any]) -> TokenLayout:
+    _, _, f, h, w = args["hidden_states"].shape
+    p = model.config.patch_size
+    return TokenLayout(f, h // p, w // p, text=int(args["encoder_hidden_states"].shape[1]), text_first=False)
+
+
 def _ltx_layout(model: nn.Module, args: Mapping[str, Any]) -> TokenLayout:
     p, pt = model.config.patch_size, model.config.patch_size_t
     return TokenLayout(int(args["num_frames"]) // pt, int(args["height"]) // p, int(args["width"]) // p)
@@ -50,12 +66,15 @@ def _ltx_layout(model: nn.Module, args: Mapping[str, Any]) -> TokenLayout:
 class ModelSpec:
     """``attention``: ``(block list attribute, self-attention module name of its block i)``
     per kind of block, in execution order; ``hook``: ``(module, attribute)`` the processor
-    calls for the attention product; ``qkv``: that function's tensor layout."""
+    calls for the attention product; ``qkv``: that function's tensor layout;
+    ``variable_text``: a call may hold fewer text tokens than the layout (Mochi's valid
+    tokens per sample, text after the video)."""
 
     attention: Tuple[Tuple[str, str], ...]
     hook: Tuple[str, str]
     qkv: str
     layout: Callable[[nn.Module, Mapping[str, Any]], TokenLayout]
+    variable_text: bool = False
 
 
 SPECS: Dict[str, ModelSpec] = {
@@ -73,6 +92,9 @@ SPECS: Dict[str, ModelSpec] = {
     "LTXVideoTransformer3DModel": ModelSpec((("transformer_blocks", "transformer_blocks.{i}.attn1"),),
                                             ("diffusers.models.transformers.transformer_ltx", "dispatch_attention_fn"),
                                             "BSHD", _ltx_layout),
+    "MochiTransformer3DModel": ModelSpec((("transformer_blocks", "transformer_blocks.{i}.attn1"),),
+                                         ("torch.nn.functional", "scaled_dot_product_attention"),
+                                         "BHSD", _mochi_layout, variable_text=True),
 }
 
 

@@ -19,6 +19,9 @@ is written as a spec string, e.g. ``"diagonal(h=2,w=2)+stripe(f=1)"``, parsed by
 grammar (never evaluated). The attention kernel works on ``block_size × block_size`` blocks:
 block ``(i, j)`` is kept iff some token pair in it is allowed; a sequence whose length is
 not a multiple of the block size has a shorter last block (its tail is never computed).
+With a ``tile`` (STA's 3D tiles, :mod:`.tiling`) the blocks are taken over the tokens in
+tiled order: block ``(i, j)`` is kept iff some pair ``(perm[a], perm[b])`` with ``a`` in
+block ``i`` and ``b`` in block ``j`` is allowed.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from torch import Tensor
 from sparsity_core.validation import check_int
 
 from .layout import TokenLayout
+from .tiling import Tile, _orders, check_tile
 
 #: parameters each pattern kind accepts, with their defaults (``None``: unbounded / derived)
 PATTERN_KINDS: Dict[str, Dict[str, object]] = {
@@ -146,23 +150,26 @@ def _reach(kind: str, p: Dict[str, object], grid: Tensor, layout: TokenLayout) -
 
 
 @lru_cache(maxsize=256)
-def _block_mask(pattern: Pattern, layout: TokenLayout, block_size: int) -> Tensor:
+def _block_mask(pattern: Pattern, layout: TokenLayout, block_size: int, tile: "Tile | None" = None) -> Tensor:
     """Block pooling of :meth:`Pattern.allowed` without the ``S²`` token mask: the video keys
-    reachable from a block's queries are its query grid dilated per axis (max pooling)."""
+    reachable from a block's queries are its query grid dilated per axis (max pooling). With
+    a tile, the query grid of block ``i`` marks the original tokens ``perm[a]`` of its tiled
+    positions ``a``, and the reached keys are moved to their tiled positions ``inv[·]``."""
     s, bs = layout.total, block_size
     nb = math.ceil(s / bs)
     if pattern.is_dense:
         return torch.ones(nb, nb, dtype=torch.bool)
     pos = torch.arange(s)
-    is_text = layout.coords(pos)[0]
+    is_text = layout.coords(pos)[0]  # text stays in place under tiling
+    perm, inv = _orders(layout, tile) if tile is not None else (pos, pos)
     grid = torch.zeros(nb, layout.video)
-    video = (~is_text).nonzero().flatten()
-    grid[video // bs, video - layout.video_start] = 1.0
+    video = (~is_text).nonzero().flatten()  # sequence positions holding video tokens
+    grid[video // bs, perm[video] - layout.video_start] = 1.0
     grid = grid.view(nb, layout.frames, layout.height, layout.width)
     keys = torch.zeros(nb, nb * bs)
+    key_pos = inv[layout.video_start:layout.video_start + layout.video]  # video token -> its position
     for kind, params in pattern.parts:
-        reach = _reach(kind, dict(params), grid, layout)
-        keys[:, layout.video_start:layout.video_start + layout.video] += reach
+        keys[:, key_pos] += _reach(kind, dict(params), grid, layout)
     keys[:, :s][:, is_text] = 1.0  # every query reaches text keys
     out = keys.view(nb, nb, bs).amax(2) > 0
     text_rows = torch.nn.functional.pad(is_text, (0, nb * bs - s)).view(nb, bs).any(1)
@@ -170,9 +177,12 @@ def _block_mask(pattern: Pattern, layout: TokenLayout, block_size: int) -> Tenso
     return out
 
 
-def block_mask(pattern: "str | Pattern", layout: TokenLayout, block_size: int) -> Tensor:
-    """``[nb, nb]`` bool block mask of ``pattern`` with ``nb = ⌈S / block_size⌉`` (a new tensor)."""
-    return _block_mask(Pattern.parse(pattern), layout, check_block_size(block_size, layout)).clone()
+def block_mask(pattern: "str | Pattern", layout: TokenLayout, block_size: int,
+               tile: "Tile | None" = None) -> Tensor:
+    """``[nb, nb]`` bool block mask of ``pattern`` with ``nb = ⌈S / block_size⌉`` (a new
+    tensor), over the tokens in STA tiled order when ``tile = (t, h, w)`` is given."""
+    return _block_mask(Pattern.parse(pattern), layout, check_block_size(block_size, layout),
+                       check_tile(tile)).clone()
 
 
 def block_lengths(seq_len: int, block_size: int) -> Tensor:

@@ -3,7 +3,8 @@
 The plan is plain data (STA and Sparse-vDiT store their searched masks the same way, per
 layer and head): the model class it was made for, the layer and head counts, the token
 layout and block size it was searched at, the number of first denoising steps run dense,
-and ``patterns[layer][head]``, a pattern spec (:mod:`.patterns`). The block density of each
+an optional STA 3D ``tile`` (the blocks are then taken over the tokens in tiled order, see
+:mod:`.tiling`; plans saved without it load untiled), and ``patterns[layer][head]``, a pattern spec (:mod:`.patterns`). The block density of each
 entry is stored next to it for reading; loading parses and checks everything (no code is
 executed: the specs go through a strict grammar) and recomputes the densities.
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from sparsity_core.validation import check_int, check_range
 
 from .layout import TokenLayout
 from .patterns import Pattern, block_mask, check_block_size
 from .patterns import density as pattern_density
+from .tiling import Tile, check_tile
 
 FORMAT = "sparsity-suite/video-attention-plan"
 VERSION = 1
@@ -34,6 +36,8 @@ class AttentionPlan:
         patterns: ``patterns[layer][head]`` pattern specs.
         block_size: tokens per attention block.
         dense_steps: the first denoising steps run dense (Sparse VideoGen's warm-up).
+        tile: ``(t, h, w)`` STA tile (Zhang et al., 2025, arXiv:2502.04507): the kernel runs
+            on the tokens in tiled order, each block a 3D box; ``None`` keeps frame-major order.
     """
 
     model: str
@@ -41,6 +45,7 @@ class AttentionPlan:
     patterns: List[List[str]]
     block_size: int = 128
     dense_steps: int = 0
+    tile: Optional[Tile] = None
     parsed: List[List[Pattern]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +55,7 @@ class AttentionPlan:
             raise ValueError(f"AttentionPlan.layout must be a TokenLayout, got {type(self.layout).__name__}")
         check_block_size(self.block_size, self.layout)
         check_int(self.dense_steps, "dense_steps", minimum=0)
+        self.tile = check_tile(self.tile)
         if not isinstance(self.patterns, list) or not self.patterns \
                 or not all(isinstance(row, list) and row for row in self.patterns):
             raise ValueError("AttentionPlan.patterns must be a non-empty list (layers) of non-empty lists (heads)")
@@ -69,7 +75,8 @@ class AttentionPlan:
     def densities(self) -> List[List[float]]:
         """Fraction of query-key pairs each head computes."""
         s, bs = self.layout.total, self.block_size
-        return [[pattern_density(block_mask(p, self.layout, bs), s, bs) for p in row] for row in self.parsed]
+        return [[pattern_density(block_mask(p, self.layout, bs, self.tile), s, bs) for p in row]
+                for row in self.parsed]
 
     def mean_density(self) -> float:
         d = self.densities()
@@ -92,16 +99,19 @@ class AttentionPlan:
         if not candidates:
             raise ValueError("at_density needs at least one candidate pattern")
         check_block_size(block_size, layout)
-        s = layout.total
-        best = "dense" if density == 1.0 else min(
-            candidates, key=lambda p: abs(pattern_density(block_mask(p, layout, block_size), s, block_size) - density))
+        s, tile = layout.total, check_tile(kwargs.get("tile"))
+        best = "dense" if density == 1.0 else min(candidates, key=lambda p: abs(
+            pattern_density(block_mask(p, layout, block_size, tile), s, block_size) - density))
         return cls.uniform(model, layout, layers, heads, best, block_size=block_size, **kwargs)
 
     # -- JSON --------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, object]:
-        return {"format": FORMAT, "version": VERSION, "model": self.model, "layout": self.layout.to_dict(),
-                "block_size": self.block_size, "dense_steps": self.dense_steps, "patterns": self.patterns,
-                "density": [[round(d, 6) for d in row] for row in self.densities()]}
+        out = {"format": FORMAT, "version": VERSION, "model": self.model, "layout": self.layout.to_dict(),
+               "block_size": self.block_size, "dense_steps": self.dense_steps, "patterns": self.patterns,
+               "density": [[round(d, 6) for d in row] for row in self.densities()]}
+        if self.tile is not None:  # untiled plans keep the original format
+            out["tile"] = list(self.tile)
+        return out
 
     @classmethod
     def from_dict(cls, data: Dict[str, object]) -> "AttentionPlan":
@@ -109,12 +119,13 @@ class AttentionPlan:
             raise ValueError(f"not a video attention plan (expected format {FORMAT!r})")
         if data.get("version") != VERSION:
             raise ValueError(f"unsupported plan version {data.get('version')!r}; this library reads {VERSION}")
-        keys = {"format", "version", "model", "layout", "block_size", "dense_steps", "patterns", "density"}
+        keys = {"format", "version", "model", "layout", "block_size", "dense_steps", "patterns", "density", "tile"}
         unknown = sorted(set(data) - keys)
         if unknown:
             raise ValueError(f"unknown plan keys {unknown}; valid: {sorted(keys)}")
         plan = cls(data.get("model"), TokenLayout.from_dict(data.get("layout")), data.get("patterns"),
-                   block_size=data.get("block_size", 128), dense_steps=data.get("dense_steps", 0))
+                   block_size=data.get("block_size", 128), dense_steps=data.get("dense_steps", 0),
+                   tile=data.get("tile"))
         stored = data.get("density")
         if stored is not None:
             check_densities(stored, plan.layers, plan.heads)

@@ -19,6 +19,13 @@ timesteps (so classifier-free guidance's two calls per step count once); the fir
 processor objects back and removes the hook (diffusers' global attention backend is never
 touched).
 
+A plan with an STA ``tile`` (:mod:`.tiling`) runs its kernel on q / k / v permuted into
+tiled order (``index_select`` along the sequence, differentiable) and permutes the output
+back. Models whose calls may hold fewer text tokens than the layout (Mochi's valid prompt
+tokens per sample, ``ModelSpec.variable_text``) run such a call with the layout's ``text``
+set to the call's count (exact: text is dense in every pattern); :attr:`SparseAttention.call_layout`
+is the layout of the call being run.
+
 Instead of a plan, a dynamic method (:class:`.dynamic.DynamicAttention`: BLASST, ProxyAttn,
 S2O, SeerAttention, Trainable Dynamic Mask Attention) may be installed; it chooses its block
 mask from every call's q / k / v and runs after its own ``dense_steps``.
@@ -26,6 +33,7 @@ mask from every call's q / k / v and runs after its own ``dense_steps``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -40,6 +48,7 @@ from .layout import TokenLayout
 from .models import attention_layers, bind_forward, hook_owner, model_spec, num_heads
 from .patterns import block_mask, check_block_size
 from .plan import AttentionPlan
+from .tiling import from_tiled, to_tiled
 
 #: ``observer(layer, q, k, v, scale) -> output or None`` with q/k/v ``[B, H, S, D]`` (search)
 Observer = Callable[[int, Tensor, Tensor, Tensor, Optional[float]], Optional[Tensor]]
@@ -74,16 +83,24 @@ class SparseAttnProcessor:
         owner, attr = self.session.hook
         original = getattr(owner, attr)
 
-        def attend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *a, **kw):
+        def attend(query, key, value, *rest, **kw):
+            named = dict(zip(_NAMED, rest))  # the call's own arguments go back unchanged when run dense
+            named.update({n: kw[n] for n in _NAMED if n in kw})  # (torch's SDPA takes ``scale`` by keyword only)
+            other = {n: v for n, v in kw.items() if n not in _NAMED}
             with _swapped(owner, attr, original):  # our kernel and observers see the original function
-                out = self.session.attend(self.layer, query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                          a, kw)
+                out = self.session.attend(self.layer, query, key, value, named.get("attn_mask"),
+                                          named.get("dropout_p", 0.0), named.get("is_causal", False),
+                                          named.get("scale"), rest[len(_NAMED):], other)
             if out is None:
-                return original(query, key, value, attn_mask, dropout_p, is_causal, scale, *a, **kw)
+                return original(query, key, value, *rest, **kw)
             return out
 
         with _swapped(owner, attr, attend):
             return self.inner(attn, *args, **kwargs)
+
+
+#: leading optional arguments shared by ``F.scaled_dot_product_attention`` and ``dispatch_attention_fn``
+_NAMED = ("attn_mask", "dropout_p", "is_causal", "scale")
 
 
 def _set_processor(attn: nn.Module, processor: Any) -> None:
@@ -120,6 +137,7 @@ class SparseAttention:
         self.spec = model_spec(model)
         self.hook = hook_owner(self.spec)
         self.layout: Optional[TokenLayout] = None
+        self.call_layout: Optional[TokenLayout] = None
         self.timestep: Optional[float] = None
         self.step = -1
         self.enabled = True
@@ -180,11 +198,13 @@ class SparseAttention:
             return self.step >= self.method.dense_steps
         return self.plan is not None and self.step >= self.plan.dense_steps
 
-    def groups(self, layer: int) -> List[Tuple[List[int], Tensor]]:
-        """Heads of ``layer`` grouped by pattern, with their block masks (cached per layout)."""
-        key = (layer, self.layout)
+    def groups(self, layer: int, layout: Optional[TokenLayout] = None) -> List[Tuple[List[int], Tensor]]:
+        """Heads of ``layer`` grouped by pattern, with their block masks (in the plan's tiled
+        order if it has a tile; cached per layout)."""
+        layout = self.layout if layout is None else layout
+        key = (layer, layout)
         if key not in self._groups:
-            masks = [block_mask(p, self.layout, self.block_size) for p in self.plan.parsed[layer]]
+            masks = [block_mask(p, layout, self.block_size, self.plan.tile) for p in self.plan.parsed[layer]]
             self._groups[key] = head_groups(masks)
         return self._groups[key]
 
@@ -193,25 +213,42 @@ class SparseAttention:
         """The sparse product, or ``None`` for calls it does not handle (run dense)."""
         bshd = self.spec.qkv == "BSHD"
         s_axis = 1 if bshd else 2
-        s = self.layout.total
+        layout = self._layout_of(q.shape[s_axis])
         if isinstance(attn_mask, Tensor) and attn_mask.dtype == torch.bool and bool(attn_mask.all()):
             attn_mask = None  # every key valid (HunyuanVideo's text mask without padding)
         if (attn_mask is not None or dropout_p or is_causal or args or kwargs.get("enable_gqa")
-                or q.shape[s_axis] != s or k.shape[s_axis] != s or q.dim() != 4):
+                or layout is None or k.shape[s_axis] != layout.total or q.dim() != 4):
             self.calls["dense"] += 1
             return None
         if bshd:
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        self.call_layout = layout
         if self.observer is not None:
             out = self.observer(layer, q, k, v, scale)
             if out is None:
                 return None
         elif self.method is not None:
-            out = self.method.attend(layer, q, k, v, scale, self.layout, self.block_size)
+            out = self.method.attend(layer, q, k, v, scale, layout, self.block_size)
+        elif self.plan.tile is not None:  # STA: the kernel runs on the tokens in tiled order
+            tile = self.plan.tile
+            q, k, v = (to_tiled(x, layout, tile) for x in (q, k, v))
+            out = from_tiled(multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale),
+                             layout, tile)
         else:
-            out = multi_pattern_attention(q, k, v, self.groups(layer), self.block_size, scale)
+            out = multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale)
         self.calls["sparse"] += 1
         return out.transpose(1, 2) if bshd else out
+
+    def _layout_of(self, seq_len: int) -> Optional[TokenLayout]:
+        """The layout of a call with ``seq_len`` tokens: the forward's, or (``variable_text``
+        models) the same with fewer text tokens after the video; ``None``: not handled."""
+        layout = self.layout
+        if seq_len == layout.total:
+            return layout
+        if (self.spec.variable_text and not layout.text_first and layout.video <= seq_len < layout.total
+                and seq_len >= self.block_size):
+            return dataclasses.replace(layout, text=seq_len - layout.video)
+        return None
 
 
 def check_plan(model: nn.Module, plan: AttentionPlan) -> None:
@@ -238,6 +275,7 @@ def install(model: nn.Module, plan: Optional[AttentionPlan] = None, block_size: 
         if not isinstance(method, DynamicAttention):
             raise ValueError(f"method must be a DynamicAttention (BLASST, ProxyAttn, S2O, SeerAttention, ...), "
                              f"got {type(method).__name__}")
+        method.check_model(model)
     if plan is not None:
         check_plan(model, plan)
         block_size = plan.block_size if block_size is None else block_size

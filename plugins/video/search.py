@@ -18,7 +18,9 @@ knapsack DP, and any core allocator name (``"global"``, ...) ranks the heads, as
 parameter-free core targets (one per layer, a unit per head, :func:`head_targets`), by
 sensitivity and keeps the most sensitive dense. The first ``dense_fraction`` of the
 calibration steps is not calibrated on and is stored as the plan's ``dense_steps``.
-Drive it like any program: ``attach(Host(transformer))``, run the denoising loop calling
+With ``tile`` (STA's 3D tiles, Zhang et al., 2025, arXiv:2502.04507; :mod:`.tiling`) the
+candidates are scored, costed and stored with their block masks over the tokens in tiled
+order (``e`` is unchanged by the reordering of the output rows). Drive it like any program: ``attach(Host(transformer))``, run the denoising loop calling
 ``after_optimizer_step(step)`` after each step, then ``finalize()`` returns the plan.
 """
 from __future__ import annotations
@@ -36,13 +38,14 @@ from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_range
 
 from .allocation import knapsack, ranked_dense, within_budget
-from .cost import AttentionCost, measure_costs
+from .cost import AttentionCost, _median_time, measure_costs
 from .kernel import block_sparse_attention
 from .layout import TokenLayout
 from .models import attention_names, num_heads
-from .patterns import Pattern, block_mask
+from .patterns import Pattern, block_mask, density
 from .plan import AttentionPlan
 from .processors import SparseAttention, install
+from .tiling import Tile, check_tile, to_tiled
 
 
 def default_candidates(layout: TokenLayout) -> List[str]:
@@ -76,6 +79,7 @@ class PatternSearch(Program):
         allocator: ``"knapsack"`` or a core allocator name (see the module).
         transformer: name of the transformer inside the host's model (``""``: the model itself;
             e.g. ``"transformer"`` when a LightningModule holds it).
+        tile: ``(t, h, w)`` STA tile the plan's blocks are taken over (``None``: frame-major).
     """
 
     name = "pattern_search"
@@ -84,7 +88,7 @@ class PatternSearch(Program):
     def __init__(self, block_size: int = 128, error_budget: float = 0.05, sparsity: Optional[float] = None,
                  candidates: Optional[Sequence[str]] = None, dense_fraction: float = 0.0,
                  negligible: float = 0.0, measure: bool = True, allocator: str = "knapsack",
-                 transformer: str = "") -> None:
+                 transformer: str = "", tile: "Optional[Tile]" = None) -> None:
         check_int(block_size, "block_size", minimum=1)
         check_range(error_budget, "error_budget", 0.0, 1.0, low_open=True)
         candidates = None if candidates is None or isinstance(candidates, str) else list(candidates)
@@ -101,6 +105,7 @@ class PatternSearch(Program):
         if not isinstance(transformer, str):
             raise ValueError(f"transformer must be a submodule name (a string), got {transformer!r}")
         self.transformer = transformer
+        self.tile = check_tile(tile)
         self.session: Optional[SparseAttention] = None
         self.err: Optional[Tensor] = None  # [steps, layers, heads, candidates] squared error sums
         self.ref: Optional[Tensor] = None  # [steps, layers, heads] squared dense output sums
@@ -157,6 +162,7 @@ class PatternSearch(Program):
         candidate on the same q/k/v; errors are kept per denoising step."""
         dense = F.scaled_dot_product_attention(q, k, v, scale=scale)
         session = attached(self.session, self.name)
+        layout = session.call_layout or session.layout
         if self.candidates is None:
             self.candidates = default_candidates(session.layout)
         step, (n, h) = max(session.step, 0), (len(self.targets), q.shape[1])
@@ -170,10 +176,13 @@ class PatternSearch(Program):
             self.ref = torch.cat([self.ref, self.ref.new_zeros(grow, *self.ref.shape[1:])])
         with torch.no_grad():
             self.ref[step, layer] += dense.double().pow(2).sum((0, 2, 3))
+            qt, kt, vt, want = q, k, v, dense
+            if self.tile is not None:  # score in tiled order: the errors are sums over rows
+                qt, kt, vt, want = (to_tiled(x, layout, self.tile) for x in (q, k, v, dense))
             for j, p in enumerate(self.candidates):
-                out = block_sparse_attention(q, k, v, block_mask(p, session.layout, self.block_size),
+                out = block_sparse_attention(qt, kt, vt, block_mask(p, layout, self.block_size, self.tile),
                                              self.block_size, scale)
-                self.err[step, layer, :, j] += (out - dense).double().pow(2).sum((0, 2, 3))
+                self.err[step, layer, :, j] += (out - want).double().pow(2).sum((0, 2, 3))
         return dense
 
     # -- the plan ----------------------------------------------------------------------
@@ -185,8 +194,10 @@ class PatternSearch(Program):
         layout, total = session.layout, self.err.shape[0]
         first = min(self._dense_steps(total), total - 1)  # steps run dense are not calibrated on
         err, ref = self.err[first:].sum(0), self.ref[first:].sum(0)
-        self.cost = measure_costs(self.candidates, layout, self.block_size, head_dim=self.head_dim,
-                                  heads=self.heads, measure=self.measure)
+        self.cost = (measure_costs(self.candidates, layout, self.block_size, head_dim=self.head_dim,
+                                   heads=self.heads, measure=self.measure) if self.tile is None else
+                     tiled_costs(self.candidates, layout, self.block_size, self.tile, self.head_dim, self.heads,
+                                 self.measure))
         rel = (err / ref.clamp_min(1e-30)[..., None]).sqrt()
         share = ref / ref.sum(1, keepdim=True).clamp_min(1e-30)
         costs = torch.tensor([self.cost(p) for p in self.candidates], dtype=torch.float64)
@@ -201,6 +212,25 @@ class PatternSearch(Program):
         full = [self.cost.densities[p] >= 1.0 for p in self.candidates]  # covers every block: dense
         names = [["dense" if c < 0 or full[c] else self.candidates[c] for c in row] for row in choice.tolist()]
         self.plan = AttentionPlan(type(self.model).__name__, layout, names, block_size=self.block_size,
-                                  dense_steps=self._dense_steps(total))
+                                  dense_steps=self._dense_steps(total), tile=self.tile)
         self.detach()
         return self.plan
+
+
+def tiled_costs(specs: Sequence[str], layout: TokenLayout, block_size: int, tile: Tile, head_dim: int = 64,
+                heads: int = 1, measure: bool = True, repeats: int = 3) -> AttentionCost:
+    """:func:`.cost.measure_costs` with the block masks in STA tiled order: block densities,
+    or the kernel's measured time on them relative to dense SDPA (the permutation, the same
+    for every candidate, is not timed)."""
+    s = layout.total
+    masks = {str(Pattern.parse(p)): block_mask(p, layout, block_size, tile) for p in specs}
+    dens = {p: density(m, s, block_size) for p, m in masks.items()}
+    if not measure:
+        return AttentionCost(dict(dens), 0.0, False, dens)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, s, head_dim, generator=g) for _ in range(3))
+    with torch.no_grad():
+        dense = _median_time(lambda: F.scaled_dot_product_attention(q, k, v), repeats)
+        rel = {p: _median_time(lambda m=m: block_sparse_attention(q, k, v, m, block_size), repeats) / dense
+               for p, m in masks.items()}
+    return AttentionCost(rel, dense / heads, True, dens)

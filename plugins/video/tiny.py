@@ -14,7 +14,8 @@ from ._deps import diffusers
 
 #: supported model kinds -> class names
 KINDS = {"wan": "WanTransformer3DModel", "cogvideox": "CogVideoXTransformer3DModel",
-         "hunyuan": "HunyuanVideoTransformer3DModel", "ltx": "LTXVideoTransformer3DModel"}
+         "hunyuan": "HunyuanVideoTransformer3DModel", "ltx": "LTXVideoTransformer3DModel",
+         "mochi": "MochiTransformer3DModel"}
 
 
 def tiny_model(kind: str, heads: int = 2, head_dim: int = 8, layers: int = 2, ffn_mult: int = 2,
@@ -42,6 +43,10 @@ def tiny_model(kind: str, heads: int = 2, head_dim: int = 8, layers: int = 2, ff
                                              num_refiner_layers=1, patch_size=2, patch_size_t=1,
                                              guidance_embeds=False, text_embed_dim=16, pooled_projection_dim=8,
                                              rope_axes_dim=_hunyuan_rope(head_dim))
+    elif kind == "mochi":
+        m = d.MochiTransformer3DModel(patch_size=2, num_attention_heads=heads, attention_head_dim=head_dim,
+                                      num_layers=layers, pooled_projection_dim=8, in_channels=4, text_embed_dim=16,
+                                      time_embed_dim=16, max_sequence_length=8)
     else:
         m = d.LTXVideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
                                          num_attention_heads=heads, attention_head_dim=head_dim,
@@ -74,6 +79,10 @@ def tiny_inputs(model: nn.Module, frames: int = 3, height: int = 8, width: int =
                 "encoder_hidden_states": torch.randn(1, 8, 16, generator=g),
                 "encoder_attention_mask": torch.ones(1, 8), "num_frames": frames, "height": height,
                 "width": width, "return_dict": False}
+    if name == "MochiTransformer3DModel":  # every prompt token valid (see models.py for padding)
+        return {"hidden_states": torch.randn(1, 4, frames, height, width, generator=g), "timestep": t,
+                "encoder_hidden_states": torch.randn(1, 8, 16, generator=g),
+                "encoder_attention_mask": torch.ones(1, 8), "return_dict": False}
     raise ValueError(f"no inputs for {name}; supported: {sorted(KINDS.values())}")
 
 

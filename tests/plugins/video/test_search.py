@@ -93,7 +93,7 @@ def test_measured_cost_model_runs():
     assert c.measured and set(c.relative) == {"stripe", "diagonal"} and c.dense_seconds > 0
 
 
-@pytest.mark.parametrize("kind", ["cogvideox", "hunyuan", "ltx"])
+@pytest.mark.parametrize("kind", ["cogvideox", "hunyuan", "ltx", "mochi"])
 def test_search_then_install_on_other_models(kind, tmp_path):
     from sparsity_plugins.video.plan import AttentionPlan
     from sparsity_plugins.video.processors import install
