@@ -2,13 +2,16 @@
 
 Static patterns of Sparse-vDiT / Sparse VideoGen / STA as block masks at any token count
 (:mod:`.patterns`, over the frames × height × width layout of :mod:`.layout`, text tokens
-dense); a CPU block-sparse attention kernel with autograd and a dense reference
-(:mod:`.kernel`); per-layer processors wrapping each model's own processor, with JSON plans
-(:mod:`.processors`, :mod:`.plan`; Wan, CogVideoX, HunyuanVideo, LTX-Video, see :mod:`.models`);
-the offline per-head pattern search as a program on the denoising clock (:mod:`.search`,
-choices by :mod:`.allocation`, costs measured on this machine by :mod:`.cost`); BLASST's
-dynamic block skipping (:mod:`.blasst`); dynamic methods choosing block masks per call
-(:mod:`.dynamic`); a denoising loop, errors and built-in
+dense, optionally over 3D tiles of tokens, :mod:`.tiling`); a CPU block-sparse attention
+kernel with autograd and a dense reference (:mod:`.kernel`), FlexAttention with a
+``BlockMask`` on CUDA (:mod:`.flex`); per-layer processors wrapping each model's own
+processor, with JSON plans (:mod:`.processors`, :mod:`.plan`; Wan, CogVideoX, HunyuanVideo,
+LTX-Video, Mochi, see :mod:`.models`); the offline per-head pattern search as a program on the
+denoising clock (:mod:`.search`, choices by :mod:`.allocation`, costs measured on this
+machine by :mod:`.cost`); dynamic methods choosing block masks per call (:mod:`.dynamic`):
+BLASST (:mod:`.blasst`), ProxyAttn (:mod:`.proxyattn`), S2O (:mod:`.s2o`), and the learned
+gates of SeerAttention and Trainable Dynamic Mask Attention (:mod:`.gates`) trained by
+distillation through Lightning (:mod:`.distill`); a denoising loop, errors and built-in
 locality for evaluation (:mod:`.evaluation`); tiny random-init models (:mod:`.tiny`).
 ``diffusers`` is imported only when a model is built (``pip install 'sparsity-suite[video]'``).
 """
@@ -30,6 +33,12 @@ _EXPORTS = {
     "PatternSearch": "search", "head_targets": "search", "default_candidates": "search",
     "blasst_attention": "blasst", "calibrate_threshold": "blasst", "Blasst": "blasst",
     "DynamicAttention": "dynamic", "per_head_attention": "dynamic",
+    "ProxyAttn": "proxyattn", "proxyattn_mask": "proxyattn",
+    "S2O": "s2o", "s2o_attention": "s2o", "calibrate_epsilon": "s2o",
+    "SeerAttention": "gates", "TrainableDynamicMask": "gates", "dense_block_targets": "gates",
+    "GateDistillation": "distill", "calibration_inputs": "distill", "calibration_loader": "distill",
+    "flex_attention_masked": "flex", "flex_block_mask": "flex", "use_flex": "kernel",
+    "tile_permutation": "tiling", "to_tiled": "tiling", "from_tiled": "tiling", "tiled_costs": "search",
     "knapsack": "allocation", "within_budget": "allocation", "ranked_dense": "allocation",
     "denoise": "evaluation", "relative_l2": "evaluation", "psnr": "evaluation", "add_rope_locality": "evaluation",
 }
