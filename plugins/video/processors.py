@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from sparsity_core.validation import check_int
 
 from .dynamic import DynamicAttention
-from .kernel import head_groups, multi_pattern_attention
+from .kernel import BACKENDS, head_groups, multi_pattern_attention
 from .layout import TokenLayout
 from .models import attention_layers, bind_forward, hook_owner, model_spec, num_heads
 from .patterns import block_mask, check_block_size
@@ -132,8 +132,9 @@ class SparseAttention:
     """The installed state: plan, current layout / timestep / step, original processors."""
 
     def __init__(self, model: nn.Module, plan: Optional[AttentionPlan], block_size: int,
-                 method: Optional[DynamicAttention] = None) -> None:
+                 method: Optional[DynamicAttention] = None, backend: str = "auto") -> None:
         self.model, self.plan, self.block_size, self.method = model, plan, block_size, method
+        self.backend = backend
         self.spec = model_spec(model)
         self.hook = hook_owner(self.spec)
         self.layout: Optional[TokenLayout] = None
@@ -232,10 +233,10 @@ class SparseAttention:
         elif self.plan.tile is not None:  # STA: the kernel runs on the tokens in tiled order
             tile = self.plan.tile
             q, k, v = (to_tiled(x, layout, tile) for x in (q, k, v))
-            out = from_tiled(multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale),
-                             layout, tile)
+            out = from_tiled(multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale,
+                                                     self.backend), layout, tile)
         else:
-            out = multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale)
+            out = multi_pattern_attention(q, k, v, self.groups(layer, layout), self.block_size, scale, self.backend)
         self.calls["sparse"] += 1
         return out.transpose(1, 2) if bshd else out
 
@@ -264,11 +265,15 @@ def check_plan(model: nn.Module, plan: AttentionPlan) -> None:
 
 
 def install(model: nn.Module, plan: Optional[AttentionPlan] = None, block_size: Optional[int] = None,
-            method: Optional[DynamicAttention] = None) -> SparseAttention:
+            method: Optional[DynamicAttention] = None, backend: str = "auto") -> SparseAttention:
     """Wrap ``model``'s self-attention processors with ``plan``, or with the dynamic ``method``
     (needs ``block_size``), or neither (dense until an observer is set, the search's mode);
-    every check runs before any processor changes."""
+    every check runs before any processor changes. ``backend`` is the plan's kernel
+    (:data:`.kernel.BACKENDS`: ``"auto"`` FlexAttention on CUDA at block sizes that are
+    multiples of 128, else the gather loop; ``"gather"``; ``"flex"``)."""
     model_spec(model)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; valid: {list(BACKENDS)}")
     if method is not None:
         if plan is not None:
             raise ValueError("install takes a static plan or a dynamic method, not both")
@@ -286,7 +291,7 @@ def install(model: nn.Module, plan: Optional[AttentionPlan] = None, block_size: 
     check_int(block_size, "block_size", minimum=1)
     if any(isinstance(m.processor, SparseAttnProcessor) for m in attention_layers(model)):
         raise ValueError("sparse attention is already installed on this model; uninstall it first")
-    session = SparseAttention(model, plan, int(block_size), method)
+    session = SparseAttention(model, plan, int(block_size), method, backend)
     session._install()
     return session
 

@@ -165,3 +165,25 @@ def test_uniform_plan_at_density():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"density must be a number in \(0, 1\]"):
             AttentionPlan.at_density("WanTransformer3DModel", layout, 1, 2, bad, ["stripe"], block_size=16)
+
+
+def test_backend_choice_reaches_the_kernel_and_a_bad_one_is_refused_before_any_swap(monkeypatch):
+    import sparsity_plugins.video.flex as flex_module
+    flex_calls = []
+    real = flex_module.flex_attention_masked
+    monkeypatch.setattr(flex_module, "flex_attention_masked", lambda *a: flex_calls.append(1) or real(*a))
+    model, x = model_and_inputs("wan")
+    layout = layout_of(model, x)
+    specs = ["diagonal(h=1,w=1)+stripe", "multidiagonal(h=1,w=1)"]
+    plan = AttentionPlan(type(model).__name__, layout, [specs, specs[::-1]], block_size=16)
+    with install(model, plan, backend="gather") as s:
+        gather = run(model, x)
+        assert s.backend == "gather" and not flex_calls
+    with install(model, plan, backend="flex"):  # FlexAttention (eager on CPU) with the same block masks
+        flex = run(model, x)
+    assert len(flex_calls) == 2  # one call per layer, every head in it
+    assert torch.allclose(flex, gather, atol=1e-5, rtol=0)
+    before = dict(model.attn_processors)
+    with pytest.raises(ValueError, match="unknown attention backend 'triton'; valid"):
+        install(model, plan, backend="triton")
+    assert dict(model.attn_processors) == before
