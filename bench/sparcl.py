@@ -3,9 +3,10 @@ sparsity, with the 90% run repeated without DDR and without DGM (ablation).
 
 Split-MNIST (../shared/data): 5 class-incremental tasks of 2 digits, evaluated on every
 seen task after each task (class-IL average accuracy and forgetting; task-IL average
-accuracy beside). One MLP (784-256-256-10, LayerNorm after each hidden layer, random init)
-for every method; SGD lr 0.03 without momentum, batch 32, 2 epochs per task, reservoir
-buffer of 200 or 500, DER++ α = 0.1, β = 0.5 (SparCL's released setting).
+accuracy beside). One MLP (784-256-256-10, LayerNorm after each hidden layer, random init;
+``--hidden`` sets both widths) for every method; SGD lr 0.03 without momentum, batch 32, 2
+epochs per task (``--epochs``), reservoir buffer of 200 or 500, DER++ α = 0.1, β = 0.5
+(SparCL's released setting).
 
 SparCL (Wang et al., NeurIPS 2022): TDM (importance |w| + 0.5|g|; every half epoch of a task,
 prune a tenth of the kept weights below the target density, then regrow at random; task-aware
@@ -52,8 +53,12 @@ def main():
     p.add_argument("--buffers", type=int, nargs="+", default=None, help="buffer sizes (default: 200 500; quick 200)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="methods to run (DER++ and SparCL-90 are always run: the targets compare them)")
+    p.add_argument("--hidden", type=int, default=BASE["hidden"][0],
+                   help="width of both hidden layers, every method (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=BASE["epochs"], help="epochs per task, every method (default %(default)s)")
     args = p.parse_args()
     start(args)
+    base = {**BASE, "hidden": (args.hidden, args.hidden), "epochs": args.epochs}
     n_train, n_test, buffers, seeds = (6000, 2000, (200,), args.seeds or 1) if args.quick else \
         (60000, 10000, (200, 500), args.seeds or 3)
     buffers = tuple(args.buffers or buffers)
@@ -64,7 +69,7 @@ def main():
     for buffer in buffers:
         for seed in range(seeds):
             for name, extra in configs.items():
-                r = run_experiment(data, ExperimentConfig(**{**BASE, **extra, "buffer_size": buffer, "seed": seed}))
+                r = run_experiment(data, ExperimentConfig(**{**base, **extra, "buffer_size": buffer, "seed": seed}))
                 runs.setdefault((buffer, name), []).append(r)
                 progress(f"buffer {buffer} seed {seed} {name}: acc {100 * r['average_accuracy']:.2f}% "
                          f"macs {r['macs']:.3g} ({r['seconds']:.0f}s)")
@@ -79,8 +84,8 @@ def main():
         rows.append([buffer, name, f"{acc_mean[(buffer, name)]:.2f} ± {acc_std[(buffer, name)]:.2f}",
                      f"{fgt_mean[(buffer, name)]:.2f}", f"{til_mean[(buffer, name)]:.2f}",
                      f"{macs[(buffer, name)]:.3g}", f"{examples[(buffer, name)]:.0f}", f"{ratio:.2f}x"])
-    print(f"Split-MNIST class-IL, {n_train} train / {n_test} test images, {seeds} seed(s), threads {args.threads}, "
-          f"{time.perf_counter() - began:.0f}s")
+    print(f"Split-MNIST class-IL, {n_train} train / {n_test} test images, {seeds} seed(s), MLP 784-{args.hidden}-"
+          f"{args.hidden}-10, {args.epochs} epochs per task, threads {args.threads}, {time.perf_counter() - began:.0f}s")
     table(["buffer", "method", "avg acc %", "forgetting %", "task-IL %", "train MACs", "examples",
            "MACs vs DER++"], rows)
     print("\nAccuracy matrix (class-IL, %), buffer", buffers[0], "seed 0, SparCL-90:")
