@@ -20,7 +20,8 @@ heads local in space and time, in the frame, or across frames, like trained vide
    - ``searched``: ``PatternSearch`` per-head plans at global budgets of measured attention
      cost (sparsity 0.5 / 0.7 / 0.85; a budget no plan fits is reported and skipped);
    - ``oracle``: the top ``d`` of key blocks per query block by true block attention mass
-     (an upper bound that needs the dense map);
+     (needs the dense map: the best a selector with the same number of blocks for every
+     head can do by mass; methods with per-head budgets can beat it at lower density);
    - ``blasst``: threshold ``λ``; ``proxyattn``: mass ``γ`` with 2 proxy heads (groups of 4
      heads), ``proxyattn-G8``: every head its own proxy; ``s2o``: stopping ``ε``;
    - ``seer`` / ``tdma``: gates distilled with ``GateDistillation`` (Lightning, Adam), then
@@ -67,7 +68,7 @@ Call = Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, Optional[float], Tok
 
 class Oracle(DynamicAttention):
     """Top ``density`` of the key blocks per query block by the dense map's block mass
-    (``Σ`` of the softmax weights in the tile), per head: the best any block selector can pick."""
+    (``Σ`` of the softmax weights in the tile), per head, the same count for every head."""
 
     name = "oracle"
 
