@@ -120,9 +120,13 @@ def run(seed, train, test, calibration, epochs, finetune):
 
 
 def main() -> None:
-    args = parser(__doc__, seeds=True).parse_args()
+    p = parser(__doc__, seeds=True)
+    p.add_argument("--epochs", type=int, default=None, help="dense training epochs E (default 3; quick 2)")
+    p.add_argument("--finetune", type=int, default=None, help="fine-tuning epochs F after pruning (default 1)")
+    args = p.parse_args()
     start(args)
     n_train, n_test, epochs, finetune = (5000, 2000, 2, 1) if args.quick else (20000, 10000, 3, 1)
+    epochs, finetune = args.epochs or epochs, args.finetune or finetune
     seeds = args.seeds or (1 if args.quick else 2)
     (xtr, ytr), (xte, yte) = mnist_split(n_train)
     train, test = labelled(xtr, ytr), labelled(xte[:n_test], yte[:n_test])
