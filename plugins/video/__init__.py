@@ -38,7 +38,7 @@ _EXPORTS = {
     "SeerAttention": "gates", "TrainableDynamicMask": "gates", "dense_block_targets": "gates",
     "GateDistillation": "distill", "calibration_inputs": "distill", "calibration_loader": "distill",
     "flex_attention_masked": "flex", "flex_block_mask": "flex", "use_flex": "kernel",
-    "tile_permutation": "tiling", "to_tiled": "tiling", "from_tiled": "tiling", "tiled_costs": "search",
+    "tile_permutation": "tiling", "to_tiled": "tiling", "from_tiled": "tiling",
     "knapsack": "allocation", "within_budget": "allocation", "ranked_dense": "allocation",
     "denoise": "evaluation", "relative_l2": "evaluation", "psnr": "evaluation", "add_rope_locality": "evaluation",
 }

@@ -4,13 +4,15 @@ The cost of running a head with pattern ``p`` is its measured time relative to d
 attention, ``c_p = t_p / t_dense`` for the layout, block size and head width at hand: the
 kernel's overheads (gathers, per-run calls, short tails) make ``c_p`` differ from the block
 density, which is what Sparse-vDiT's and STA's searches correct for with a measured cost.
-With ``measure=False`` the cost is the block density (deterministic, for tests).
+With ``measure=False`` the cost is the block density (deterministic, for tests). With an STA
+``tile`` the block masks are taken over the tokens in tiled order (:mod:`.tiling`; the
+permutation, the same for every candidate, is not timed).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from sparsity_core.validation import check_int
 from .kernel import block_sparse_attention
 from .layout import TokenLayout
 from .patterns import Pattern, block_mask, density
+from .tiling import Tile, check_tile
 
 
 @dataclass
@@ -46,15 +49,17 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def measure_costs(specs: Sequence[str], layout: TokenLayout, block_size: int, head_dim: int = 64, heads: int = 1,
-                  measure: bool = True, repeats: int = 3, seed: int = 0) -> AttentionCost:
+                  measure: bool = True, repeats: int = 3, seed: int = 0,
+                  tile: Optional[Sequence[int]] = None) -> AttentionCost:
     """:class:`AttentionCost` of ``specs`` (median of ``repeats`` timed forward calls over
     ``heads`` heads of width ``head_dim``, no grad), or the densities when ``measure=False``;
     measured once per process and configuration."""
     check_int(head_dim, "head_dim", minimum=1)
     check_int(repeats, "repeats", minimum=1)
-    key = (tuple(specs), layout, block_size, head_dim, heads, measure, repeats)
+    tile = check_tile(tile)
+    key = (tuple(specs), layout, block_size, head_dim, heads, measure, repeats, tile)
     if key not in _MEASURED:
-        _MEASURED[key] = _measure(specs, layout, block_size, head_dim, heads, measure, repeats, seed)
+        _MEASURED[key] = _measure(specs, layout, block_size, head_dim, heads, measure, repeats, seed, tile)
     return _MEASURED[key]
 
 
@@ -63,9 +68,9 @@ _MEASURED: Dict[tuple, AttentionCost] = {}
 
 
 def _measure(specs: Sequence[str], layout: TokenLayout, block_size: int, head_dim: int, heads: int, measure: bool,
-             repeats: int, seed: int) -> AttentionCost:
+             repeats: int, seed: int, tile: Optional[Tile]) -> AttentionCost:
     s = layout.total
-    masks = {str(Pattern.parse(p)): block_mask(p, layout, block_size) for p in specs}
+    masks = {str(Pattern.parse(p)): block_mask(p, layout, block_size, tile) for p in specs}
     dens = {p: density(m, s, block_size) for p, m in masks.items()}
     if not measure:
         return AttentionCost(dict(dens), 0.0, False, dens)

@@ -38,11 +38,11 @@ from sparsity_core.targets import Target
 from sparsity_core.validation import check_int, check_range
 
 from .allocation import knapsack, ranked_dense, within_budget
-from .cost import AttentionCost, _median_time, measure_costs
+from .cost import AttentionCost, measure_costs
 from .kernel import block_sparse_attention
 from .layout import TokenLayout
 from .models import attention_names, num_heads
-from .patterns import Pattern, block_mask, density
+from .patterns import Pattern, block_mask
 from .plan import AttentionPlan
 from .processors import SparseAttention, install
 from .tiling import Tile, check_tile, to_tiled
@@ -194,10 +194,8 @@ class PatternSearch(Program):
         layout, total = session.layout, self.err.shape[0]
         first = min(self._dense_steps(total), total - 1)  # steps run dense are not calibrated on
         err, ref = self.err[first:].sum(0), self.ref[first:].sum(0)
-        self.cost = (measure_costs(self.candidates, layout, self.block_size, head_dim=self.head_dim,
-                                   heads=self.heads, measure=self.measure) if self.tile is None else
-                     tiled_costs(self.candidates, layout, self.block_size, self.tile, self.head_dim, self.heads,
-                                 self.measure))
+        self.cost = measure_costs(self.candidates, layout, self.block_size, head_dim=self.head_dim,
+                                  heads=self.heads, measure=self.measure, tile=self.tile)
         rel = (err / ref.clamp_min(1e-30)[..., None]).sqrt()
         share = ref / ref.sum(1, keepdim=True).clamp_min(1e-30)
         costs = torch.tensor([self.cost(p) for p in self.candidates], dtype=torch.float64)
@@ -215,22 +213,3 @@ class PatternSearch(Program):
                                   dense_steps=self._dense_steps(total), tile=self.tile)
         self.detach()
         return self.plan
-
-
-def tiled_costs(specs: Sequence[str], layout: TokenLayout, block_size: int, tile: Tile, head_dim: int = 64,
-                heads: int = 1, measure: bool = True, repeats: int = 3) -> AttentionCost:
-    """:func:`.cost.measure_costs` with the block masks in STA tiled order: block densities,
-    or the kernel's measured time on them relative to dense SDPA (the permutation, the same
-    for every candidate, is not timed)."""
-    s = layout.total
-    masks = {str(Pattern.parse(p)): block_mask(p, layout, block_size, tile) for p in specs}
-    dens = {p: density(m, s, block_size) for p, m in masks.items()}
-    if not measure:
-        return AttentionCost(dict(dens), 0.0, False, dens)
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, heads, s, head_dim, generator=g) for _ in range(3))
-    with torch.no_grad():
-        dense = _median_time(lambda: F.scaled_dot_product_attention(q, k, v), repeats)
-        rel = {p: _median_time(lambda m=m: block_sparse_attention(q, k, v, m, block_size), repeats) / dense
-               for p, m in masks.items()}
-    return AttentionCost(rel, dense / heads, True, dens)

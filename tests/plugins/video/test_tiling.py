@@ -153,10 +153,10 @@ def test_tiled_plan_equals_masked_reference_in_original_order(kind, tile):
 
 
 def test_tiled_costs_measured_and_by_density():
-    from sparsity_plugins.video.search import tiled_costs
+    from sparsity_plugins.video.cost import measure_costs
     layout, tile = TokenLayout(4, 8, 8), (2, 4, 4)
-    by_density = tiled_costs(["stripe", "diagonal(t=1,h=1,w=1)"], layout, 32, tile, head_dim=8, measure=False)
+    by_density = measure_costs(["stripe", "diagonal(t=1,h=1,w=1)"], layout, 32, head_dim=8, measure=False, tile=tile)
     assert by_density("diagonal(t=1,h=1,w=1)") == density(
         block_mask("diagonal(t=1,h=1,w=1)", layout, 32, tile=tile), 256, 32)
-    measured = tiled_costs(["stripe"], layout, 32, tile, head_dim=8, repeats=1)
+    measured = measure_costs(["stripe"], layout, 32, head_dim=8, repeats=1, tile=tile)
     assert measured.measured and measured.relative["stripe"] > 0 and measured.dense_seconds > 0
