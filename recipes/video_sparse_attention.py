@@ -10,6 +10,10 @@ saves the plan as JSON and loads it back (no code executed), then runs the same 
 loop dense and with the plan installed, and prints time, the plan's attention density and
 the final latent's error against the dense run (relative L2 and PSNR).
 
+``--dynamic s2o|proxyattn|blasst`` also runs that dynamic method (block masks chosen per call,
+no plan; ``--knob`` sets its ε, γ or λ) in the same denoising loop and prints its computed
+density and error beside the plan's.
+
 ``--structured`` (default for Wan): random-init attention has no spatio-temporal structure,
 so the Wan heads get a shared rotary component in their query/key biases that makes them
 local in space and time, in the whole frame, or at the same position across frames
@@ -24,7 +28,8 @@ from pathlib import Path
 import torch
 
 from sparsity_core.program import Host
-from sparsity_plugins.video import AttentionPlan, PatternSearch, install, tiny_inputs, tiny_model
+from sparsity_plugins.video import (S2O, AttentionPlan, Blasst, PatternSearch, ProxyAttn, install, tiny_inputs,
+                                    tiny_model)
 from sparsity_plugins.video.evaluation import add_rope_locality, denoise, psnr, relative_l2
 from sparsity_plugins.video.tiny import KINDS
 
@@ -63,7 +68,23 @@ def run(kind: str, args: argparse.Namespace) -> dict:
     print(f"  denoising {args.steps} steps: dense {t_dense:.2f}s, sparse {t_sparse:.2f}s "
           f"({t_dense / t_sparse:.2f}x); final latent rel-L2 {relative_l2(sparse, dense):.4f}, "
           f"PSNR {psnr(sparse, dense):.1f} dB")
-    return {"density": plan.mean_density(), "speedup": t_dense / t_sparse, "psnr": psnr(sparse, dense)}
+    out = {"density": plan.mean_density(), "speedup": t_dense / t_sparse, "psnr": psnr(sparse, dense)}
+    if args.dynamic:
+        method = DYNAMIC[args.dynamic](args.knob)
+        with install(model, block_size=plan.block_size, method=method):
+            t0 = time.perf_counter()
+            latent = denoise(model, inputs, args.steps, seed=args.seed)
+            t_dyn = time.perf_counter() - t0
+        print(f"  {method.name} at {args.knob}: computed density {method.stats['density']:.3f} over "
+              f"{method.stats['calls']} calls, {t_dyn:.2f}s (a CPU reference of its decision rule); final latent "
+              f"rel-L2 {relative_l2(latent, dense):.4f}, PSNR {psnr(latent, dense):.1f} dB")
+        out[args.dynamic] = {"density": method.stats["density"], "psnr": psnr(latent, dense)}
+    return out
+
+
+#: dynamic methods the recipe can run beside the plan, built from their one knob
+DYNAMIC = {"s2o": lambda eps: S2O(epsilon=eps), "proxyattn": lambda g: ProxyAttn(proxy_heads=8, gamma=g),
+           "blasst": lambda lam: Blasst(threshold=lam)}
 
 
 def main(argv=None) -> dict:
@@ -81,6 +102,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sparsity", type=float, default=None, help="global attention budget (fraction removed)")
     p.add_argument("--dense-fraction", type=float, default=0.25)
     p.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dynamic", choices=sorted(DYNAMIC), default=None, help="also run this dynamic method")
+    p.add_argument("--knob", type=float, default=0.003, help="its epsilon / gamma / lambda (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="recipes/out/video_sparse_attention")

@@ -72,7 +72,9 @@ def test_recipe_runs(tmp_path, capsys):
     spec.loader.exec_module(recipe)
     args = argparse.Namespace(heads=3, head_dim=32, layers=1, frames=2, size=16, block_size=16, steps=2,
                               calib_steps=2, error_budget=0.1, sparsity=None, dense_fraction=0.0,
-                              structured=True, seed=0, out=str(tmp_path))
-    recipe.run("wan", args)
+                              structured=True, seed=0, out=str(tmp_path), dynamic="s2o", knob=0.0)
+    got = recipe.run("wan", args)
     out = capsys.readouterr().out
     assert "final latent rel-L2" in out and (tmp_path / "wan_plan.json").exists()
+    assert "s2o at 0.0: computed density 1.000 over 2 calls" in out  # ε = 0 never stops: dense
+    assert got["s2o"]["psnr"] > 100
