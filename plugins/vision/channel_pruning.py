@@ -37,7 +37,8 @@ from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import ChannelBudget, channel_budget
 from .enforcement import GroupMask
 from .groups import ChannelGroups, discover_channel_groups
-from .removal import PruningRecord, find_pruning_record, remove_channels
+from .record import PruningRecord, find_pruning_record
+from .removal import remove_channels
 from .snapshot import ModelSnapshot
 from .tracing import DEFAULT_GRAPH_TIME_LIMIT
 

@@ -29,7 +29,7 @@ from sparsity_core.validation import check_int
 
 from ._deps import torch_pruning
 from .latency import interleaved_latency
-from .removal import RECORD_ATTR, pruning_record
+from .record import RECORD_ATTR, pruning_record
 
 
 def _parent(model: nn.Module, name: str) -> Tuple[nn.Module, str]:

@@ -43,7 +43,8 @@ from sparsity_core.validation import check_int, check_nonnegative, check_positiv
 from .budget import ChannelCost
 from .groups import ChannelGroups, discover_channel_groups
 from .participation import ParticipationGates, consumer_slices, marginal_utility, participation_step, redundancy
-from .removal import PruningRecord, remove_channels
+from .record import PruningRecord
+from .removal import remove_channels
 
 
 @PROGRAMS.register("game")

@@ -38,8 +38,8 @@ from sparsity_core.validation import check_int, check_sparsity
 from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import channel_budget
 from .groups import discover_channel_groups
-from .removal import (PruningRecord, RemovalError, find_pruning_record, find_unremovable, remove_channels,
-                      removal_problems)
+from .record import PruningRecord, find_pruning_record
+from .removal import RemovalError, find_unremovable, remove_channels, removal_problems
 from .tracing import DEFAULT_GRAPH_TIME_LIMIT
 
 

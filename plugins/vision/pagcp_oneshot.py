@@ -31,7 +31,8 @@ from . import saliency as _saliency  # noqa: F401 - registers joint_saliency
 from .budget import ChannelCost
 from .groups import discover_channel_groups
 from .pagcp import PAGCP
-from .removal import PruningRecord, remove_channels
+from .record import PruningRecord
+from .removal import remove_channels
 from .task_probe import task_loss_probe
 
 TaskLosses = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]

@@ -24,7 +24,8 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .removal import PruningRecord, remove_channels
+from .record import PruningRecord
+from .removal import remove_channels
 
 
 def apply_pruning_record(model: nn.Module, record: "PruningRecord | Mapping[str, object]", example: torch.Tensor,
