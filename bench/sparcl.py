@@ -12,7 +12,8 @@ SparCL (Wang et al., NeurIPS 2022): TDM (importance |w| + 0.5|g|; every half epo
 prune a tenth of the kept weights below the target density, then regrow at random; task-aware
 logit masking), DDR (30% of each task's examples removed by forgetting counts, in 2 rounds
 half an epoch apart), DGM (top 20% of |gradient| among kept weights, refreshed every 30
-steps). The head stays dense.
+steps). The head stays dense. ``--configs ... "SparCL-90 grad regrow"`` (not run by default)
+regrows by dense |gradient| instead of at random (RigL's rule; not the paper's).
 
 Training FLOPs are counted by the plugin's ``TrainingFlops`` (forward + input gradient at the
 weight density, weight gradient at the gradient density, every example processed: current
@@ -40,6 +41,7 @@ CONFIGS = {
     "SparCL-90": dict(method="derpp", sparsity=0.9),
     "SparCL-90 no DDR": dict(method="derpp", sparsity=0.9, ddr_fraction=None),
     "SparCL-90 no DGM": dict(method="derpp", sparsity=0.9, gradient_keep=None),
+    "SparCL-90 grad regrow": dict(method="derpp", sparsity=0.9, regrow="gradient"),
 }
 
 
@@ -51,7 +53,7 @@ def stream(n_train: int, n_test: int) -> TaskStream:
 def main():
     p = parser(__doc__, seeds=True)
     p.add_argument("--buffers", type=int, nargs="+", default=None, help="buffer sizes (default: 200 500; quick 200)")
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=[c for c in CONFIGS if "regrow" not in c],
                    help="methods to run (DER++ and SparCL-90 are always run: the targets compare them)")
     p.add_argument("--hidden", type=int, default=BASE["hidden"][0],
                    help="width of both hidden layers, every method (default %(default)s)")

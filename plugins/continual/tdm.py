@@ -11,7 +11,10 @@ steps counted from the start of each task, :class:`ImportanceRegrow`:
 2. regrows, per target, as many units as it had before, chosen uniformly at random among
    its pruned units (the controller's seeded generator), so each target returns to its
    count and the run stays at ``sparsity``. Regrown weights start at zero with zero
-   optimizer moments (hard masks).
+   optimizer moments (hard masks). ``regrow="gradient"`` (not in the paper; RigL's rule,
+   Evci et al., 2020) regrows instead the pruned units with the largest dense |gradient| of
+   the update step's loss (captured before any gradient mask); the FLOPs counter does not
+   charge that one dense weight gradient per update (one step in ``every``).
 
 In density terms 1 − ``prune_sparsity`` is the paper's lower bound and 1 − ``sparsity`` its
 upper bound. With ``gradient_keep`` the regime adds :class:`~.dgm.DynamicGradientMask`
@@ -47,8 +50,10 @@ class ImportanceRegrow(PruneRegrow):
 
     name = "importance_regrow"
 
-    def __init__(self, prune_sparsity: float, sparsity: float, every: int) -> None:
-        super().__init__(regrow="random", every=every, drop_fraction=0.5, decay="constant")
+    def __init__(self, prune_sparsity: float, sparsity: float, every: int, regrow: str = "random") -> None:
+        if regrow not in ("random", "gradient"):
+            raise ValueError(f"regrow must be 'random' (SparCL) or 'gradient' (RigL's rule), got {regrow!r}")
+        super().__init__(regrow=regrow, every=every, drop_fraction=0.5, decay="constant")
         self.prune_sparsity, self.sparsity = prune_sparsity, sparsity
         self.task, self.task_start = 0, 0
 
@@ -59,14 +64,16 @@ class ImportanceRegrow(PruneRegrow):
     @torch.no_grad()
     def prune_and_regrow(self, ctrl, step: int) -> MaskSet:
         pruned = ctrl.masks_for(self.prune_sparsity, ctrl.compute_scores(step))
+        by_gradient = self.regrowth_scores(ctrl) if self.regrow == "gradient" else {}
         out = MaskSet()
         for t in ctrl.targets:
             before = ctrl.masks[t.name].reshape(-1).cpu()
             low = pruned[t.name].reshape(-1).cpu()
             grow = int(before.sum()) - int(low.sum())
             if grow > 0:
-                candidates = torch.where(low, torch.full((low.numel(),), float("-inf")),
-                                         torch.rand(low.numel(), generator=ctrl.generator))
+                score = (by_gradient[t.name].float() if self.regrow == "gradient"
+                         else torch.rand(low.numel(), generator=ctrl.generator))
+                candidates = torch.where(low, torch.full((low.numel(),), float("-inf")), score)
                 grown = top_k_mask(candidates, grow)
                 self._zero(ctrl, t, grown.reshape(t.mask_shape))
                 low = low | grown
@@ -91,7 +98,8 @@ class ImportanceRegrow(PruneRegrow):
         self.task, self.task_start = int(state["task"]), int(state["task_start"])
 
     def __repr__(self) -> str:
-        return f"ImportanceRegrow(prune_sparsity={self.prune_sparsity}, sparsity={self.sparsity}, every={self.every})"
+        return (f"ImportanceRegrow(prune_sparsity={self.prune_sparsity}, sparsity={self.sparsity}, every={self.every}, "
+                f"regrow={self.regrow!r})")
 
 
 @PROGRAMS.register("sparcl_tdm")
@@ -104,6 +112,7 @@ class TaskAwareDynamicMasks(WeightSparsity):
         lam: λ of the importance |w| + λ|g|.
         gradient_keep: DGM's kept fraction of active gradient entries (``None``: no DGM).
         gradient_every: DGM's refresh interval in optimizer steps.
+        regrow: ``"random"`` (SparCL) or ``"gradient"`` (regrow by dense |gradient|, RigL's rule).
         allocator: how the sparsity splits over layers (``"uniform"``: every layer alike).
         include, exclude, skip_head: which weights (as :class:`WeightSparsity`).
     """
@@ -113,7 +122,7 @@ class TaskAwareDynamicMasks(WeightSparsity):
     def __init__(self, sparsity: float = 0.9, prune_sparsity: Optional[float] = None, every: int = 100,
                  lam: float = 0.5, gradient_keep: Optional[float] = 0.2, gradient_every: int = 30,
                  allocator: Union[str, Allocator] = "uniform", include: Patterns = None, exclude: Patterns = None,
-                 skip_head: bool = True, name: Optional[str] = None) -> None:
+                 skip_head: bool = True, name: Optional[str] = None, regrow: str = "random") -> None:
         sparsity = check_sparsity(sparsity, "sparsity")
         if prune_sparsity is None:
             prune_sparsity = sparsity + 0.1 * (1.0 - sparsity)
@@ -121,7 +130,7 @@ class TaskAwareDynamicMasks(WeightSparsity):
         if prune_sparsity <= sparsity:
             raise ValueError(f"sparsity bounds inverted: prune_sparsity ({prune_sparsity}) must be greater than "
                              f"sparsity ({sparsity}); TDM prunes to prune_sparsity, then regrows to sparsity")
-        self.regrow = ImportanceRegrow(prune_sparsity, sparsity, check_int(every, "every", 1))
+        self.regrow = ImportanceRegrow(prune_sparsity, sparsity, check_int(every, "every", 1), regrow)
         self.dgm = None if gradient_keep is None else DynamicGradientMask(gradient_keep, gradient_every)
         parts = [self.regrow] + ([self.dgm] if self.dgm is not None else [])
         super().__init__(schedule=Constant(start_step=1, end_step=1, sparsity=sparsity),

@@ -82,3 +82,36 @@ def test_one_mask_across_tasks():
     program.set_task("task1", 1)
     assert torch.equal(program.masks["fc.weight"], mask) and program.controller.task == "default"
     assert program.regrow.task_start == 1
+
+
+def test_gradient_regrowth_takes_the_pruned_units_with_the_largest_dense_gradient():
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    program = TaskAwareDynamicMasks(sparsity=0.5, prune_sparsity=0.7, every=2, lam=0.5, gradient_keep=None,
+                                    regrow="gradient")
+    program.attach(Host(model=net))
+    program.bind(Host(model=net, optimizers=[opt]))
+    step(net, program, opt, 1)
+    torch.manual_seed(2)
+    opt.zero_grad()
+    net(torch.randn(4, 10)).sum().backward()
+    dense_grad = net.fc.weight.grad.clone().abs().reshape(-1)
+    program.before_optimizer_step(opt)
+    opt.step()
+    importance = (net.fc.weight.detach().abs().reshape(-1) + 0.5 * dense_grad)
+    program.after_optimizer_step(2)
+    mask2 = program.masks["fc.weight"].reshape(-1)
+    top30 = torch.topk(importance, 30).indices
+    low = torch.zeros(100, dtype=torch.bool)
+    low[top30] = True
+    expected = torch.topk(dense_grad.masked_fill(low, -1.0), 20).indices  # the 20 largest |g| outside the 30
+    grown = mask2 & ~low
+    assert int(mask2.sum()) == 50 and sorted(grown.nonzero().flatten().tolist()) == sorted(expected.tolist())
+    assert "regrow='gradient'" in repr(program.regrow)
+
+
+def test_unknown_regrowth_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="regrow must be 'random' \\(SparCL\\) or 'gradient'"):
+        TaskAwareDynamicMasks(sparsity=0.5, regrow="hebbian")
