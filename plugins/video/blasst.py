@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sparsity_core.validation import check_int, check_range
 
-from .dynamic import DynamicAttention
+from .dynamic import DynamicAttention, at_length, check_per_length
 from .layout import TokenLayout
 
 
@@ -84,17 +84,11 @@ class Blasst(DynamicAttention):
 
     def __init__(self, threshold: "float | dict" = math.inf, dense_steps: int = 0) -> None:
         super().__init__(dense_steps)
-        if isinstance(threshold, dict):
-            for tokens, lam in threshold.items():
-                check_int(tokens, "threshold sequence length", minimum=1)
-                check_threshold(lam)
-        else:
-            check_threshold(threshold)
-        self.threshold = threshold
+        self.threshold = check_per_length(threshold, check_threshold, "threshold")
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], layout: TokenLayout,
                block_size: int) -> Tensor:
-        lam = self.threshold.get(q.shape[2], math.inf) if isinstance(self.threshold, dict) else self.threshold
+        lam = at_length(self.threshold, q.shape[2], math.inf)
         out, skipped = blasst_attention(q, k, v, block_size, lam, scale)
         self.record(1.0 - skipped)
         return out

@@ -22,7 +22,7 @@ first ``dense_steps`` denoising steps.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -113,11 +113,28 @@ class DynamicAttention:
         self.stats = {"calls": 0, "density": 0.0}
 
 
+def check_per_length(value: "float | dict", check: Callable[[float], float], what: str) -> "float | dict":
+    """``value`` checked: one number (``check`` raises on a bad one) or a mapping ``{sequence
+    length: number}`` (thresholds calibrated per token count)."""
+    if isinstance(value, dict):
+        for tokens, v in value.items():
+            check_int(tokens, f"{what} sequence length", minimum=1)
+            check(v)
+    else:
+        check(value)
+    return value
+
+
+def at_length(value: "float | dict", tokens: int, missing: float) -> float:
+    """The number of a :func:`check_per_length` value for ``tokens`` (``missing``: a length the
+    mapping lacks)."""
+    return value.get(tokens, missing) if isinstance(value, dict) else value
+
+
 def pooled(x: Tensor, block_size: int, how: str = "mean") -> Tensor:
     """``[B, H, nb, D]`` pooling of ``[B, H, S, D]`` over blocks of ``block_size`` tokens (the
     short last block pooled over its own tokens)."""
-    b, h, s, d = x.shape
-    nb = math.ceil(s / block_size)
+    s = x.shape[2]
     full = (s // block_size) * block_size
     parts = []
     if full:
@@ -125,9 +142,7 @@ def pooled(x: Tensor, block_size: int, how: str = "mean") -> Tensor:
         parts.append(_pool(blocks, how))
     if full < s:
         parts.append(_pool(x[:, :, full:].unsqueeze(2), how))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
-    assert out.shape[2] == nb
-    return out
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
 
 def _pool(blocks: Tensor, how: str) -> Tensor:

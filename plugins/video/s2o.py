@@ -48,7 +48,7 @@ from torch import Tensor
 
 from sparsity_core.validation import check_int, check_nonnegative, check_range
 
-from .dynamic import DynamicAttention, mask_density, pooled, text_blocks
+from .dynamic import DynamicAttention, at_length, check_per_length, mask_density, pooled, text_blocks
 from .layout import TokenLayout
 from .patterns import block_lengths
 
@@ -144,17 +144,11 @@ class S2O(DynamicAttention):
 
     def __init__(self, epsilon: "float | dict" = 0.0, dense_steps: int = 0) -> None:
         super().__init__(dense_steps)
-        if isinstance(epsilon, dict):
-            for tokens, eps in epsilon.items():
-                check_int(tokens, "epsilon sequence length", minimum=1)
-                check_epsilon(eps)
-        else:
-            check_epsilon(epsilon)
-        self.epsilon = epsilon
+        self.epsilon = check_per_length(epsilon, check_epsilon, "epsilon")
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], layout: TokenLayout,
                block_size: int) -> Tensor:
-        eps = self.epsilon.get(q.shape[2], 0.0) if isinstance(self.epsilon, dict) else self.epsilon
+        eps = at_length(self.epsilon, q.shape[2], 0.0)
         low = q.dtype in (torch.float16, torch.bfloat16)
         qq, kk, vv = ((x.float() for x in (q, k, v)) if low else (q, k, v))
         out, computed = s2o_blocks(qq, kk, vv, block_size, eps, scale, text_blocks(layout, block_size))
