@@ -21,7 +21,8 @@ from .dsnot import DSnoT, expected_error
 from .essential import EssentialSparsityResult, essential_sparsity
 from .ftp import TokenRouting, search_allocation, train_token_router
 from .rowwise import PerRowElements
-from .slicegpt import ResidualBlock, ResidualPlan, SliceResult, StreamNorm, bert_plan, slice_gpt, vit_plan
+from .slicegpt import ResidualBlock, ResidualPlan, SliceResult, bert_plan, slice_gpt, vit_plan
+from .slicegpt_modules import StreamNorm
 from .wanda import wanda_layout, wanda_prune, wanda_targets
 
 __all__ = ["CATS", "CATSResult", "CFSPBlocks", "CFSPResult", "cfsp_prune", "CalibrationResult", "CalibrationStop", "DSnoT", "EssentialSparsityResult",

@@ -49,7 +49,6 @@ never edited, and restored if anything fails (NaN activations, too few calibrati
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -60,33 +59,11 @@ from torch import nn
 from ..observe import Forward
 from ..validation import check_int, check_sparsity
 from .data import CalibrationStop, calibration_batches, checked_forward
+from .slicegpt_modules import StreamNorm  # noqa: F401 - re-exported: pickled sliced models name it here
+from .slicegpt_modules import norm_affine, norm_out, plain_norm, read_from, write_into
 from .slicegpt_plans import NORM_POSITIONS, ResidualBlock, ResidualPlan, bert_plan, vit_plan  # noqa: F401
 
 WHAT = "slice_gpt"
-
-
-# -- the normalisation on the sliced stream ------------------------------------------------
-class StreamNorm(nn.Module):
-    """LayerNorm of the reconstruction ``x̃Q_dᵀ`` computed on the rotated, sliced stream ``x̃``
-    (width ``d``): ``y = x̃ / σ``, ``σ² = (‖x̃‖² − (x̃·u)²)/D + eps``, ``u = Q_dᵀ1/√D``; then
-    ``out`` (a linear holding ``γ``, ``β``, the centring and the next basis) if given. Without
-    ``out`` the affine part lives in the linears that read it."""
-
-    def __init__(self, u: torch.Tensor, full_dim: int, eps: float, out: Optional[nn.Linear] = None) -> None:
-        super().__init__()
-        self.register_buffer("u", u.detach().clone())
-        self.full_dim = int(full_dim)
-        self.eps = float(eps)
-        self.out = out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean_part = x @ self.u
-        var = ((x * x).sum(dim=-1) - mean_part * mean_part).clamp_min(0.0) / self.full_dim
-        y = x * torch.rsqrt(var + self.eps).unsqueeze(-1)
-        return self.out(y) if self.out is not None else y
-
-    def extra_repr(self) -> str:
-        return f"width={self.u.numel()}, full_dim={self.full_dim}, eps={self.eps}"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -102,34 +79,6 @@ def _resolve(model: nn.Module, name: str) -> Tuple[Any, str, Any]:
     if value is None:
         raise ValueError(f"{WHAT}: {name!r} does not exist in the model")
     return owner, parts[-1], value
-
-
-def _where(module: nn.Module) -> Tuple[torch.device, torch.dtype]:
-    """Device and dtype of a module's first parameter or buffer (CPU float32 if none)."""
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device, t.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor], like: nn.Module) -> nn.Linear:
-    device, dtype = _where(like)
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=device, dtype=dtype)
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    return out
-
-
-def _affine(norm: nn.LayerNorm, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    dev = _where(norm)[0]
-    gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones(width, dtype=torch.float64, device=dev)
-    beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros(width, dtype=torch.float64, device=dev)
-    return gamma, beta
-
-
-def _centring(width: int, device: torch.device) -> torch.Tensor:
-    return torch.eye(width, dtype=torch.float64, device=device) - 1.0 / width
 
 
 def _normalised(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -257,75 +206,6 @@ def _check_plan(model: nn.Module, plan: ResidualPlan) -> int:
     return width
 
 
-# -- rewriting modules -------------------------------------------------------------------------
-def _write_into(module: Any, q: torch.Tensor, gamma: Optional[torch.Tensor] = None) -> Any:
-    """A writer re-expressed in the basis ``q`` (``D × d``): its outputs become ``out·q``.
-    ``gamma`` (LayerScale) multiplies the outputs first."""
-    if isinstance(module, torch.Tensor):
-        p = module.detach().double()
-        return nn.Parameter((p @ q.to(p.device)).to(module.dtype), requires_grad=module.requires_grad)
-    w = module.weight.detach().double()
-    q = q.to(w.device)
-    if isinstance(module, nn.Embedding):
-        return nn.Embedding(module.num_embeddings, q.shape[1], padding_idx=module.padding_idx,
-                            max_norm=module.max_norm, norm_type=module.norm_type,
-                            scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse,
-                            _weight=(w @ q).to(module.weight.dtype), _freeze=not module.weight.requires_grad)
-    b = module.bias.detach().double() if module.bias is not None else None
-    if gamma is not None:
-        g = gamma.detach().double().to(w.device)
-        w = w * g.reshape(-1, *([1] * (w.dim() - 1)))
-        b = b * g if b is not None else None
-    flat = q.T @ w.reshape(w.shape[0], -1)
-    nb = q.T @ b if b is not None else None
-    if isinstance(module, nn.Linear):
-        return _linear(flat, nb, module)
-    new = copy.deepcopy(module)  # a convolution
-    new.weight = nn.Parameter(flat.reshape(q.shape[1], *w.shape[1:]).to(module.weight.dtype))
-    if nb is not None:
-        new.bias = nn.Parameter(nb.to(module.bias.dtype))
-    new.out_channels = q.shape[1]
-    return new
-
-
-def _read_from(module: nn.Linear, q: torch.Tensor, gamma: Optional[torch.Tensor] = None,
-               beta: Optional[torch.Tensor] = None) -> nn.Linear:
-    """A reader of the reconstruction ``x̃qᵀ`` (``gamma``/``beta``: it reads the centred,
-    normalised reconstruction through a LayerNorm folded into it)."""
-    w = module.weight.detach().double()
-    q = q.to(w.device)
-    b = module.bias.detach().double() if module.bias is not None else None
-    if gamma is not None:
-        w = w * gamma.to(w.device) @ _centring(w.shape[1], w.device)
-        shift = module.weight.detach().double() @ beta.to(w.device)
-        b = shift if b is None else b + shift
-    return _linear(w @ q, b, module)
-
-
-def _norm_out(norm: nn.LayerNorm, q_in: torch.Tensor, q_out: Optional[torch.Tensor]) -> StreamNorm:
-    """``StreamNorm`` of the stream in basis ``q_in`` whose output is ``LN(x̃q_inᵀ)`` expressed in
-    ``q_out`` (``None``: the full width)."""
-    width = q_in.shape[0]
-    dev, dtype = _where(norm)
-    gamma, beta = (t.to(dev) for t in _affine(norm, width))
-    q_in = q_in.to(dev)
-    full = (gamma.unsqueeze(1) * _centring(width, dev)) @ q_in  # D × d_in: diag(γ) C Q_in
-    if q_out is None:
-        weight, bias = full, beta
-    else:
-        q_out = q_out.to(dev)
-        weight, bias = q_out.T @ full, q_out.T @ beta
-    out = _linear(weight, bias, norm)
-    u = q_in.sum(dim=0) / width ** 0.5
-    return StreamNorm(u.to(dtype), width, norm.eps, out)
-
-
-def _plain_norm(norm: nn.LayerNorm, q: torch.Tensor) -> StreamNorm:
-    u = q.sum(dim=0) / q.shape[0] ** 0.5
-    dev, dtype = _where(norm)
-    return StreamNorm(u.to(device=dev, dtype=dtype), q.shape[0], norm.eps)
-
-
 # -- calibration passes ---------------------------------------------------------------------
 def _run(model: nn.Module, batches: Iterable, forward: Forward, hooks: Sequence[Tuple[nn.Module, str, Callable]],
          stop: bool) -> None:
@@ -414,26 +294,26 @@ def _slice_pre(model, plan, batches, fwd, keep, surgery, result) -> None:
     q, explained = moment.basis(keep)
     result.explained["stream"] = explained
     for e in plan.embeddings:
-        surgery.replace(e, _write_into(_resolve(model, e)[2], q))
+        surgery.replace(e, write_into(_resolve(model, e)[2], q))
     for b in plan.blocks:
         norm = _resolve(model, b.norm)[2]
-        gamma, beta = _affine(norm, q.shape[0])
+        gamma, beta = norm_affine(norm, q.shape[0])
         for r in b.readers:
-            surgery.replace(r, _read_from(_resolve(model, r)[2], q, gamma, beta))
+            surgery.replace(r, read_from(_resolve(model, r)[2], q, gamma, beta))
         scale = None
         if b.scale is not None:
             scale = _resolve(model, b.scale)[2].gamma
             surgery.replace(b.scale, nn.Identity())
-        surgery.replace(b.writer, _write_into(_resolve(model, b.writer)[2], q, scale))
-        surgery.replace(b.norm, _plain_norm(norm, q))
+        surgery.replace(b.writer, write_into(_resolve(model, b.writer)[2], q, scale))
+        surgery.replace(b.norm, plain_norm(norm, q))
     final = _resolve(model, plan.final_norm)[2]
     if plan.head:
-        gamma, beta = _affine(final, q.shape[0])
+        gamma, beta = norm_affine(final, q.shape[0])
         for h in plan.head:
-            surgery.replace(h, _read_from(_resolve(model, h)[2], q, gamma, beta))
-        surgery.replace(plan.final_norm, _plain_norm(final, q))
+            surgery.replace(h, read_from(_resolve(model, h)[2], q, gamma, beta))
+        surgery.replace(plan.final_norm, plain_norm(final, q))
     else:
-        surgery.replace(plan.final_norm, _norm_out(final, q, None))
+        surgery.replace(plan.final_norm, norm_out(final, q, None))
 
 
 def _slice_post(model, plan, batches, fwd, keep, surgery, result) -> None:
@@ -444,19 +324,19 @@ def _slice_post(model, plan, batches, fwd, keep, surgery, result) -> None:
     passes = 1
     q_in, result.explained["embeddings"] = moment.basis(keep)
     for e in plan.embeddings:
-        surgery.replace(e, _write_into(_resolve(model, e)[2], q_in))
+        surgery.replace(e, write_into(_resolve(model, e)[2], q_in))
     prev_name, prev_norm = plan.embed_norm, embed_norm
-    surgery.replace(prev_name, _norm_out(prev_norm, q_in, None))  # full-width output until the next basis is known
+    surgery.replace(prev_name, norm_out(prev_norm, q_in, None))  # full-width output until the next basis is known
     for b in plan.blocks:
         moment = _SecondMoment(f"the output of {prev_name!r}")
         current = _resolve(model, prev_name)[2]
         _run(model, batches, fwd, [(current, "output", moment.add)], stop=True)
         passes += 1
         q, result.explained[prev_name] = moment.basis(keep)
-        surgery.replace(prev_name, _norm_out(prev_norm, q_in, q))
+        surgery.replace(prev_name, norm_out(prev_norm, q_in, q))
         for r in b.readers:
-            surgery.replace(r, _read_from(_resolve(model, r)[2], q))
-        surgery.replace(b.writer, _write_into(_resolve(model, b.writer)[2], q))
+            surgery.replace(r, read_from(_resolve(model, r)[2], q))
+        surgery.replace(b.writer, write_into(_resolve(model, b.writer)[2], q))
         prev_name, prev_norm, q_in = b.norm, _resolve(model, b.norm)[2], q
-        surgery.replace(prev_name, _norm_out(prev_norm, q_in, None))
+        surgery.replace(prev_name, norm_out(prev_norm, q_in, None))
     result.passes = passes
