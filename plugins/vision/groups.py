@@ -147,7 +147,7 @@ def discover_channel_groups(
             (:func:`~.tracing.check_control_flow`).
         probe: remove a quarter to three quarters of every group's units on the model
             itself (put back in place after every trial; one trial when every group works,
-            see :func:`~.removal.find_unremovable`) and skip, with the reason, the groups
+            see :func:`~.removal_probe.find_unremovable`) and skip, with the reason, the groups
             whose removal Torch-Pruning cannot carry out or that break the forward pass
             (attention whose forward ties its widths to ``num_heads`` or to its input
             width, fixed ``split`` sizes, ...). The rest of the model is still pruned.
@@ -270,7 +270,7 @@ def _discover(model, example_inputs, patterns, prune_heads, prune_embed_dim, lim
                            module_macs=macs, example=example_inputs, forms=forms, output_shapes=output_shapes,
                            time_limit=limit)
     if probe and targets:
-        from .removal import find_unremovable  # removal imports this module
+        from .removal_probe import find_unremovable  # it imports this module
 
         attention_like = {n: m for n, m in model.named_modules() if isinstance(getattr(m, "num_heads", None), int)}
         set_stage(f"probing the removal of {len(targets)} groups")

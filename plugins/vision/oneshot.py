@@ -39,7 +39,8 @@ from . import criteria as _criteria  # noqa: F401 - registers the group criteria
 from .budget import channel_budget
 from .groups import discover_channel_groups
 from .record import PruningRecord, find_pruning_record
-from .removal import RemovalError, find_unremovable, remove_channels, removal_problems
+from .removal import RemovalError, remove_channels, removal_problems
+from .removal_probe import find_unremovable
 from .tracing import DEFAULT_GRAPH_TIME_LIMIT
 
 
