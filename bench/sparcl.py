@@ -42,7 +42,14 @@ CONFIGS = {
     "SparCL-90 no DDR": dict(method="derpp", sparsity=0.9, ddr_fraction=None),
     "SparCL-90 no DGM": dict(method="derpp", sparsity=0.9, gradient_keep=None),
     "SparCL-90 grad regrow": dict(method="derpp", sparsity=0.9, regrow="gradient"),
+    "SparCL-90 ERK": dict(method="derpp", sparsity=0.9, allocator="erk"),
+    "SparCL-90 global": dict(method="derpp", sparsity=0.9, allocator="global"),
+    "SparCL-90 no logit mask": dict(method="derpp", sparsity=0.9, task_aware=False),
+    "SparCL-90 move 0.5": dict(method="derpp", sparsity=0.9, prune_sparsity=0.95),
 }
+
+EXTRA = ("SparCL-90 grad regrow", "SparCL-90 ERK", "SparCL-90 global", "SparCL-90 no logit mask",
+         "SparCL-90 move 0.5")  # not run by default
 
 
 def stream(n_train: int, n_test: int) -> TaskStream:
@@ -53,11 +60,12 @@ def stream(n_train: int, n_test: int) -> TaskStream:
 def main():
     p = parser(__doc__, seeds=True)
     p.add_argument("--buffers", type=int, nargs="+", default=None, help="buffer sizes (default: 200 500; quick 200)")
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=[c for c in CONFIGS if "regrow" not in c],
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=[c for c in CONFIGS if c not in EXTRA],
                    help="methods to run (DER++ and SparCL-90 are always run: the targets compare them)")
     p.add_argument("--hidden", type=int, default=BASE["hidden"][0],
                    help="width of both hidden layers, every method (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=BASE["epochs"], help="epochs per task, every method (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=BASE["epochs"],
+                   help="epochs per task, every method (default %(default)s)")
     args = p.parse_args()
     start(args)
     base = {**BASE, "hidden": (args.hidden, args.hidden), "epochs": args.epochs}
@@ -87,7 +95,8 @@ def main():
                      f"{fgt_mean[(buffer, name)]:.2f}", f"{til_mean[(buffer, name)]:.2f}",
                      f"{macs[(buffer, name)]:.3g}", f"{examples[(buffer, name)]:.0f}", f"{ratio:.2f}x"])
     print(f"Split-MNIST class-IL, {n_train} train / {n_test} test images, {seeds} seed(s), MLP 784-{args.hidden}-"
-          f"{args.hidden}-10, {args.epochs} epochs per task, threads {args.threads}, {time.perf_counter() - began:.0f}s")
+          f"{args.hidden}-10, {args.epochs} epochs per task, threads {args.threads}, "
+          f"{time.perf_counter() - began:.0f}s")
     table(["buffer", "method", "avg acc %", "forgetting %", "task-IL %", "train MACs", "examples",
            "MACs vs DER++"], rows)
     print("\nAccuracy matrix (class-IL, %), buffer", buffers[0], "seed 0, SparCL-90:")

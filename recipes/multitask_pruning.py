@@ -9,7 +9,11 @@ the per-task cross-entropies, with per-task test accuracy:
 
 - ``digit``: the digit class (10 classes);
 - ``parity``: even or odd (2 classes);
-- ``ge5``: digit >= 5 (2 classes).
+- ``ge5``: digit >= 5 (2 classes);
+- ``rotation``: how many quarter turns the image was given (4 classes; see
+  :func:`rotate_quarter_turns`);
+- ``texture``: the orientation of faint background stripes (4 classes; see
+  :func:`overlay_stripes`): a feature the digit classifier has no use for.
 
 The backbone's weights are pruned by the core's ``SparsityCallback`` with each method of the
 YAML (``recipes/multitask_pruning.yaml``: gradual magnitude pruning with a global or a uniform
@@ -56,7 +60,8 @@ from sparsity_core.sweep import RunContext, sweep_run  # noqa: E402 - after the 
 CONFIG = REPO / "recipes" / "multitask_pruning.yaml"
 SHARED = Path(os.environ.get("SPARSITY_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = REPO / "recipes" / "out" / "data"
-TASKS = {"digit": 10, "parity": 2, "ge5": 2, "rotation": 4}  # task -> classes
+TASKS = {"digit": 10, "parity": 2, "ge5": 2, "rotation": 4, "texture": 4}  # task -> classes
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DEFAULT_TASKS = ("digit", "parity", "ge5")
 
 
@@ -68,6 +73,23 @@ def rotate_quarter_turns(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     for k in range(1, 4):
         out[turns == k] = torch.rot90(x[turns == k], k, dims=(2, 3))
     return out, turns
+
+
+def overlay_stripes(x: torch.Tensor, intensity: float = 0.35, period: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Image ``i`` (normalized MNIST) under faint stripes of orientation ``(i // 4) mod 4``
+    (0°, 45°, 90°, 135°; ``period`` pixels, half of each period lit at ``intensity`` of full
+    ink, the digit's own strokes drawn over them), and that orientation: the ``texture`` task's
+    input and label. The label is independent of the digit and of :func:`rotate_quarter_turns`'
+    ``i mod 4``; the stripes are drawn after any rotation, so they keep their orientation."""
+    labels = (torch.arange(len(x)) // 4) % 4
+    rows, cols = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+    phases = (cols, rows + cols, rows, rows - cols)  # 0°, 45°, 90°, 135°: lines of constant phase
+    stripes = torch.stack([(p % period < period // 2).float() * intensity for p in phases])
+    raw = x * MNIST_STD + MNIST_MEAN
+    out = torch.maximum(raw, stripes[labels].unsqueeze(1).to(x.dtype))
+    return (out - MNIST_MEAN) / MNIST_STD, labels
+
+
 SET_BY_RECIPE = ("callbacks", "logger", "enable_checkpointing", "default_root_dir", "accelerator", "devices")
 
 
@@ -79,8 +101,8 @@ def task_labels(task: str, digits: torch.Tensor) -> torch.Tensor:
         return digits % 2
     if task == "ge5":
         return (digits >= 5).long()
-    if task == "rotation":
-        raise ValueError("rotation labels come with the rotated images: use rotate_quarter_turns(images)")
+    if task in ("rotation", "texture"):
+        raise ValueError(f"{task} labels come with the images: use rotate_quarter_turns / overlay_stripes(images)")
     raise ValueError(f"unknown task {task!r}. Valid: {', '.join(TASKS)}.")
 
 
@@ -105,7 +127,7 @@ def mnist(root: str, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
                 shutil.copyfileobj(fin, fout)
             os.replace(tmp, raw / gz.stem)
     ds = MNIST(str(CACHE), train=train, download=False)
-    return (ds.data.unsqueeze(1).float() / 255.0 - 0.1307) / 0.3081, ds.targets.clone()
+    return (ds.data.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD, ds.targets.clone()
 
 
 class MnistTasks(pl.LightningDataModule):
@@ -132,6 +154,8 @@ class MnistTasks(pl.LightningDataModule):
         labels = {}
         if "rotation" in self.tasks:
             x, labels["rotation"] = rotate_quarter_turns(x)
+        if "texture" in self.tasks:
+            x, labels["texture"] = overlay_stripes(x)
         return TensorDataset(x, *(labels[t] if t in labels else task_labels(t, digits) for t in self.tasks))
 
     def setup(self, stage: str) -> None:

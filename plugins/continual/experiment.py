@@ -39,7 +39,8 @@ class ExperimentConfig:
         sparsity: SparCL's weight sparsity (``None``: dense); ``prune_sparsity`` its lower
             density bound (default: a tenth of the kept weights move per update).
         tdm_every: epochs between TDM updates (may be fractional); ``lam``: λ of |w| + λ|g|;
-            ``regrow``: TDM's regrowth, ``"random"`` (SparCL) or ``"gradient"``.
+            ``regrow``: TDM's regrowth, ``"random"`` (SparCL) or ``"gradient"``; ``allocator``: how
+            the sparsity splits over layers (a registered allocator name, e.g. ``"uniform"``, ``"erk"``).
         gradient_keep, gradient_every: DGM (``None``: off); its refresh interval in steps.
         ddr_fraction, ddr_every, ddr_rounds: DDR (``None``: off); the interval in epochs.
         task_aware: task-aware logit masking (default: on with SparCL).
@@ -59,6 +60,7 @@ class ExperimentConfig:
     tdm_every: float = 0.5
     lam: float = 0.5
     regrow: str = "random"
+    allocator: str = "uniform"
     gradient_keep: Optional[float] = 0.2
     gradient_every: int = 30
     ddr_fraction: Optional[float] = 0.3
@@ -96,7 +98,7 @@ def build(stream: Any, cfg: ExperimentConfig, input_shape: Sequence[int], net: O
         programs: list = [TaskAwareDynamicMasks(sparsity=cfg.sparsity, prune_sparsity=cfg.prune_sparsity,
                                                 every=_steps(cfg.tdm_every, stream), lam=cfg.lam,
                                                 gradient_keep=cfg.gradient_keep, gradient_every=cfg.gradient_every,
-                                                regrow=cfg.regrow)]
+                                                regrow=cfg.regrow, allocator=cfg.allocator)]
         sources.append(programs[0])
         if cfg.ddr_fraction is not None:
             programs.append(DynamicDataRemoval(cfg.ddr_fraction, every=_steps(cfg.ddr_every, stream),

@@ -22,11 +22,14 @@ approximated by *sequential greedy* layer pruning under a *performance-aware ora
    :class:`~.budget.ChannelCost` for channel groups, else the first-order
    :class:`~sparsity_core.cost.LinearCost`) is within ``(1 − s)`` of the dense cost, the
    current group keeps the largest count that meets it and the sweep ends. If a whole sweep
-   ends above the budget, every threshold is multiplied by ``relax`` and the sweep restarts
-   from the dense model (PAGCP's rounds), and ``refine`` bisection sweeps between the last
-   two scales find the smallest relaxation that meets the budget; after ``max_rounds``
-   relaxations a last sweep runs without thresholds (logged), so a budget the floors allow
-   is always met.
+   ends above the budget, the thresholds of the tasks that capped a group in it are
+   multiplied by ``relax`` (``relax_tasks="capping"``; ``"all"``: every task's) and the sweep
+   restarts from the dense model (PAGCP's rounds), and ``refine`` bisection sweeps between
+   the last two scales (per task, on their logs) find the smallest relaxation that meets the
+   budget; after ``max_rounds`` relaxations a last sweep runs without thresholds (logged), so
+   a budget the floors allow is always met. Relaxing only the capping tasks keeps a task
+   that is near zero loss (where any pruning is a large *relative* increase) from forcing
+   every other task's threshold up with it: the other tasks stay performance-aware.
 
 Each probe is ``probe() -> {task: loss}`` of the model with its current weights
 (:func:`~.task_probe.task_loss_probe`); the allocator zeroes the pruned units' slices for a
@@ -35,8 +38,8 @@ per sweep: at most ``len(ratios)`` per group. Built by name (``allocator="pagcp"
 probe it raises ``ValueError`` when asked to allocate. :func:`~.pagcp_oneshot.pagcp_prune`
 runs it one-shot and removes the channels. Departures from the paper's procedure: it
 fine-tunes between pruning rounds and keeps only the layers with the least loss increase per
-FLOP saved; here one call is one round that stops at the budget, and the relaxation
-replaces the rounds' growing thresholds.
+FLOP saved; here one call is one round that stops at the budget, and the per-task
+relaxation replaces the rounds' growing thresholds.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ from .task_probe import TaskProbe, check_slice_targets, group_task_evaluator
 log = logging.getLogger(__name__)
 
 ORDERS = ("macs", "given")
+RELAX_TASKS = ("capping", "all")
 
 
 def default_ratios() -> Tuple[float, ...]:
@@ -77,9 +81,11 @@ class PAGCP(Allocator):
         threshold_decay: δ, τ of the ``i``-th visited group is ``τ·δ^i``.
         ratios: increasing pruning ratios tried per group, in (0, 1).
         relax: factor on the thresholds for the next sweep when one ends above the budget.
+        relax_tasks: whose thresholds a failed sweep relaxes: ``"capping"`` (the tasks that
+            capped a group in it) or ``"all"``.
         max_rounds: relaxed sweeps before the last sweep without thresholds.
-        refine: bisection sweeps (on the log of the thresholds' scale) between the last scale
-            that missed the budget and the first that met it: the smallest relaxation found.
+        refine: bisection sweeps (on the log of each task's threshold scale) between the last
+            scales that missed the budget and the first that met it: the smallest relaxation.
         order: ``"macs"`` or ``"given"`` (see the module); order_ratio: the ratio used to rank.
         cost_model: exact costs (``ChannelCost``); default first-order per-unit costs.
         min_keep_fraction, min_keep_units, round_to: the per-group floor and rounding.
@@ -88,7 +94,8 @@ class PAGCP(Allocator):
     needs_probe = True
 
     def __init__(self, probe: Optional[TaskProbe] = None, threshold: Thresholds = 0.05, threshold_decay: float = 1.0,
-                 ratios: Optional[Sequence[float]] = None, relax: float = 2.0, max_rounds: int = 6,
+                 ratios: Optional[Sequence[float]] = None, relax: float = 2.0, relax_tasks: str = "capping",
+                 max_rounds: int = 16,
                  refine: int = 3, order: str = "macs", order_ratio: float = 0.3,
                  cost_model: Optional[CostModel] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,6 +109,9 @@ class PAGCP(Allocator):
         self.ratios = ratios
         self.relax = check_range(relax, "PAGCP relax (the thresholds' growth between sweeps)", 1.0, math.inf,
                                  low_open=True)
+        if relax_tasks not in RELAX_TASKS:
+            raise ValueError(f"PAGCP relax_tasks must be one of {', '.join(RELAX_TASKS)}; got {relax_tasks!r}")
+        self.relax_tasks = relax_tasks
         self.max_rounds = check_int(max_rounds, "PAGCP max_rounds", minimum=0)
         self.refine = check_int(refine, "PAGCP refine", minimum=0)
         if order not in ORDERS:
@@ -111,9 +121,11 @@ class PAGCP(Allocator):
         if cost_model is not None and not isinstance(cost_model, CostModel):
             raise ValueError(f"PAGCP cost_model must be a CostModel, got {type(cost_model).__name__}")
         self.cost_model = cost_model
-        #: what the last allocation found: the thresholds' scale τ used (inf: none), the number
-        #: of sweeps, the task that capped each group, per-task losses, the order, evaluations
+        #: what the last allocation found: the largest threshold scale used (inf: none) and
+        #: each task's, the number of sweeps, the task that capped each group, per-task losses,
+        #: the order, evaluations
         self.last_threshold: float = float("nan")
+        self.last_scales: Dict[str, float] = {}
         self.last_rounds = 0
         self.last_capped: Dict[str, str] = {}
         self.last_losses: Dict[str, float] = {}
@@ -147,29 +159,37 @@ class PAGCP(Allocator):
         order = self._order(targets, lambda keep: cost_model.cost(keep)["macs"], floors)
         self.last_order = [t.name for t in order]
         meets = lambda found: cost(found[0]) <= limit * (1 + 1e-9)  # noqa: E731
-        sweep = lambda scale: self._sweep(order, scores, scale, base, evaluate, cost, limit, floors)  # noqa: E731
-        for round_ in range(self.max_rounds + 2):
-            scale = math.inf if round_ > self.max_rounds else self.relax ** round_
-            found = sweep(scale)
-            if meets(found):
-                break
-        sweeps = round_ + 1
-        if math.isinf(scale):
-            log_rank_zero(log, logging.WARNING, "PAGCP: no sweep met the budget within %d relaxations of the "
-                          "thresholds; the last one ran without thresholds", self.max_rounds)
-        elif round_ > 0:  # the smallest scale that meets the budget, between the last two tried
-            low, high = scale / self.relax, scale
+        sweep = lambda scales: self._sweep(order, scores, scales, base, evaluate, cost, limit, floors)  # noqa: E731
+        scales = previous = {task: 1.0 for task in base}
+        sweeps, met = 0, False
+        while True:
+            found = sweep(scales)
+            sweeps += 1
+            met = meets(found)
+            relaxed = set(base) if self.relax_tasks == "all" else set(found[1].values())
+            if met or not relaxed or sweeps > self.max_rounds:
+                break  # no capping task: relaxing cannot help (the ratio grid ends above the budget)
+            previous, scales = scales, {t: v * self.relax if t in relaxed else v for t, v in scales.items()}
+        if not met:
+            scales = {task: math.inf for task in base}
+            found = sweep(scales)
+            sweeps += 1
+            why = "no task capped a group" if not relaxed else f"{self.max_rounds} relaxations"
+            log_rank_zero(log, logging.WARNING, "PAGCP: no sweep met the budget (%s); the last one ran without "
+                          "thresholds", why)
+        elif sweeps > 1:  # the smallest scales that meet the budget, between the last two tried
+            low, high = previous, scales
             for _ in range(self.refine):
-                mid = math.sqrt(low * high)
+                mid = {t: math.sqrt(low[t] * high[t]) for t in high}
                 trial = sweep(mid)
                 sweeps += 1
                 if meets(trial):
                     high, found = mid, trial
                 else:
                     low = mid
-            scale = high
+            scales = high
         keep, capped, losses = found
-        self.last_threshold, self.last_rounds = scale, sweeps
+        self.last_threshold, self.last_scales, self.last_rounds = max(scales.values(), default=1.0), scales, sweeps
         self.last_capped, self.last_losses = capped, losses
         return keep
 
@@ -194,19 +214,20 @@ class PAGCP(Allocator):
         saved = {t.name: dense - macs({t.name: self.count(t, self.order_ratio, floors[t.name])}) for t in targets}
         return sorted(targets, key=lambda t: -saved[t.name])  # stable: ties keep the given order
 
-    def _sweep(self, order: List[Target], scores, scale: float, base: Dict[str, float], evaluate, cost,
+    def _sweep(self, order: List[Target], scores, scales: Mapping[str, float], base: Dict[str, float], evaluate, cost,
                limit: float, floors: Mapping[str, int]) -> Tuple[Dict[str, int], Dict[str, str], Dict[str, float]]:
         keep = {t.name: t.num_units for t in order}
         masks: Dict[str, torch.Tensor] = {}
         reference, current, capped = dict(base), dict(base), {}
         select = lambda t, k: t.layout.select(scores[t.name], k, t.shape)  # noqa: E731
+        unconstrained = all(math.isinf(v) for v in scales.values())
         for i, t in enumerate(order):
             committed, committed_losses = t.num_units, current
-            for k in self._candidates(t, floors[t.name], unconstrained=math.isinf(scale)):
+            for k in self._candidates(t, floors[t.name], unconstrained):
                 if k >= committed:
                     continue
                 losses = self._run(evaluate, {**masks, t.name: select(t, k)})
-                worst = self.oracle.violation(losses, reference, i, scale)
+                worst = self.oracle.violation(losses, reference, i, scales)
                 if worst is not None:
                     capped[t.name] = worst
                     break

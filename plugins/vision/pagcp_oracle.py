@@ -8,8 +8,8 @@ sequence, a candidate pruning is accepted when every checked task ``t`` keeps
 
 with ``L̂_t`` the reference loss (the dense loss raised to the loss of each committed layer),
 ``τ_t`` the task's relative threshold, ``δ`` a decay along the sequence and ``c`` the
-relaxation scale of the current sweep (``c = ∞``: no check). The task that breaks its
-threshold by the most caps the layer.
+relaxation scale of the current sweep, one for all tasks or one per task (``c = ∞``: no
+check). The task that breaks its threshold by the most caps the layer.
 """
 from __future__ import annotations
 
@@ -48,11 +48,13 @@ class PerformanceOracle:
         return base * self.decay ** position * scale
 
     def violation(self, losses: Mapping[str, float], reference: Mapping[str, float], position: int,
-                  scale: float) -> Optional[str]:
-        """The task whose loss exceeds its bound the most (``None``: every task within)."""
+                  scale: Union[float, Mapping[str, float]]) -> Optional[str]:
+        """The task whose loss exceeds its bound the most (``None``: every task within);
+        ``scale``: ``c`` for every task or ``{task: c_t}`` (a task it lacks: 1)."""
         worst, excess = None, 0.0
         for task, value in losses.items():
-            tau, ref = self.tau(task, position, scale), reference.get(task)
+            c = scale.get(task, 1.0) if isinstance(scale, Mapping) else scale
+            tau, ref = self.tau(task, position, c), reference.get(task)
             if tau is None or ref is None or math.isinf(tau):
                 continue
             over = value - (1.0 + tau) * ref

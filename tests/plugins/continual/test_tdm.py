@@ -115,3 +115,29 @@ def test_unknown_regrowth_is_refused():
     import pytest
     with pytest.raises(ValueError, match="regrow must be 'random' \\(SparCL\\) or 'gradient'"):
         TaskAwareDynamicMasks(sparsity=0.5, regrow="hebbian")
+
+
+def test_experiment_config_allocator_splits_the_sparsity_over_layers():
+    """``ExperimentConfig(allocator=...)`` reaches TDM: ERK (density ∝ (n_in + n_out) / (n_in·n_out))
+    leaves the 8x16 layer denser than the 16x16 one; uniform leaves both alike; an unknown
+    allocator is refused before anything trains."""
+    import pytest
+    from sparsity_plugins.continual.experiment import ExperimentConfig, build
+    from sparsity_plugins.continual.stream import run_stream
+
+    from .helpers import stream, trainer
+
+    densities = {}
+    for allocator in ("uniform", "erk"):
+        data = stream()
+        cfg = ExperimentConfig(method="derpp", buffer_size=8, hidden=(16, 16), sparsity=0.75, allocator=allocator,
+                               ddr_fraction=None, gradient_keep=None, epochs=1)
+        module, callbacks = build(data, cfg, (8,))
+        run_stream(module, data, lambda: trainer(callbacks, max_epochs=1))
+        (tdm,) = [p for p in callbacks[0].programs if isinstance(p, TaskAwareDynamicMasks)]
+        densities[allocator] = {name: round(w, 3) for name, (w, _) in tdm.densities().items()}
+    assert list(densities["uniform"].values()) == [0.25, 0.25]
+    first, second = densities["erk"].values()
+    assert first > 0.25 > second and round(first * 128 + second * 256) == 96  # same total: 25% of 384
+    with pytest.raises(ValueError, match="allocator"):
+        build(stream(), ExperimentConfig(sparsity=0.75, allocator="no-such"), (8,))

@@ -78,6 +78,26 @@ def test_without_thresholds_the_last_sweep_meets_any_feasible_budget():
     assert alloc.last_threshold == float("inf") and alloc.last_rounds == 3
 
 
+def test_only_the_capping_tasks_thresholds_relax():
+    model, order, scores, budget = setup(4)  # as above: only 'seg' caps a group
+    alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=0, order="given")
+    alloc.allocate(order, scores, budget)
+    assert alloc.last_scales == {"cls": 1.0, "seg": 8.0}  # 'cls' keeps τ = 0.05 (its loss moves 1 %)
+    everyone = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=0, order="given",
+                     relax_tasks="all")
+    assert everyone.allocate(order, scores, budget) == {"2:out": 3, "0:out": 1}
+    assert everyone.last_scales == {"cls": 8.0, "seg": 8.0} and everyone.last_rounds == 4
+
+
+def test_a_sweep_no_task_capped_goes_straight_to_the_sweep_without_thresholds(caplog):
+    model, order, scores, budget = setup(2)  # the grid's one ratio (0.25) leaves 6 of 8 units: above 2
+    alloc = PAGCP(probe=constructed_probe(model), threshold=100.0, ratios=(0.25,), order="given")
+    with caplog.at_level("WARNING"):
+        assert alloc.allocate(order, scores, budget) == {"2:out": 1, "0:out": 1}  # the floors
+    assert alloc.last_rounds == 2 and alloc.last_threshold == float("inf")
+    assert "no task capped a group" in caplog.text
+
+
 def test_per_task_thresholds_and_the_macs_order():
     model, order, scores, budget = setup(6)
     alloc = PAGCP(probe=constructed_probe(model), threshold={"cls": 0.05}, order="macs")  # 'seg' unchecked
@@ -156,8 +176,8 @@ def test_built_by_name_the_core_one_shot_driver_gives_it_a_single_loss_probe():
 
 def test_bad_input_raises_before_any_change():
     for kwargs in ({"threshold": 0}, {"threshold": {}}, {"ratios": [0.5, 0.2]}, {"ratios": [1.0]},
-                   {"order": "flops"}, {"relax": 1.0}, {"max_rounds": -1}, {"refine": 1.5}, {"probe": 3},
-                   {"threshold_decay": 0}):
+                   {"order": "flops"}, {"relax": 1.0}, {"relax_tasks": "some"}, {"max_rounds": -1}, {"refine": 1.5},
+                   {"probe": 3}, {"threshold_decay": 0}):
         with pytest.raises(ValueError):
             PAGCP(**kwargs)
     model, order, scores, budget = setup(6)
