@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 import warnings
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 
 def parser(description: str, seeds: bool = False) -> argparse.ArgumentParser:
@@ -62,6 +62,20 @@ def rotations(items: Sequence, repeats: int) -> List[List]:
     """Interleaved order: repeat r runs the configurations rotated by r."""
     n = len(items)
     return [[items[(i + r) % n] for i in range(n)] for r in range(repeats)]
+
+
+def select_lr(name: str, methods: Sequence[str], grid: Callable[[str], Sequence[float]],
+              evaluate: Callable[[str, float], float]) -> Tuple[Dict[str, float], List[list]]:
+    """Per method, the learning rate of ``grid(method)`` with the best held-out score
+    ``evaluate(method, lr)`` (ties: the smaller rate); returns the choices and one table row
+    per method (``method, "lr: score %"..., chosen``)."""
+    chosen, rows = {}, []
+    for method in methods:
+        scores = {lr: evaluate(method, lr) for lr in grid(method)}
+        chosen[method] = max(scores, key=lambda lr: (scores[lr], -lr))
+        rows.append([method] + [f"{lr:g}: {100 * a:.2f}" for lr, a in scores.items()] + [f"{chosen[method]:g}"])
+        progress(f"{name} lr for {method}: {chosen[method]:g} ({rows[-1][1:-1]})")
+    return chosen, rows
 
 
 def target(what: str, met: bool, measured: str, goal: str) -> bool:

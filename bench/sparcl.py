@@ -4,9 +4,14 @@ sparsity, with the 90% run repeated without DDR and without DGM (ablation).
 Split-MNIST (../shared/data): 5 class-incremental tasks of 2 digits, evaluated on every
 seen task after each task (class-IL average accuracy and forgetting; task-IL average
 accuracy beside). One MLP (784-256-256-10, LayerNorm after each hidden layer, random init;
-``--hidden`` sets both widths) for every method; SGD lr 0.03 without momentum, batch 32, 2
-epochs per task (``--epochs``), reservoir buffer of 200 or 500, DER++ α = 0.1, β = 0.5
-(SparCL's released setting).
+``--hidden`` sets both widths) for every method; SGD without momentum, batch 32 (each epoch's
+last, partial batch dropped: a tail of a few examples once wrecked a dense run), 2 epochs per task (``--epochs``), reservoir buffer of 200 or 500, DER++ α = 0.1, β = 0.5
+(SparCL's released setting). Learning rate: chosen per method and buffer from 0.01 / 0.03 / 0.1
+(``--lrs``) by class-IL average accuracy on held-out *training* images (the first 50,000
+trained on, the next 10,000 evaluated, seed 0; the test set is never looked at), then used
+for every seed on the full training set (``--no-select-lr``: 0.03 for all; quick: off).
+Sparse training often wants another rate than dense training (DGM and the mask shrink each
+update), so one shared rate would favour whichever method it was tuned for.
 
 SparCL (Wang et al., NeurIPS 2022): TDM (importance |w| + 0.5|g|; every half epoch of a task,
 prune a tenth of the kept weights below the target density, then regrow at random; task-aware
@@ -26,12 +31,14 @@ seed. Full: 60,000 / 10,000, buffers 200 and 500, 3 seeds.
 """
 from __future__ import annotations
 
+import argparse
 import time
 
-from _common import mean_std, parser, progress, result, start, table, target
+from _common import mean_std, parser, progress, result, select_lr, start, table, target
 from _data import mnist_tensors
 from sparsity_plugins.continual import ExperimentConfig, TaskStream, run_experiment, split_classes
 
+LR_GRID = (0.01, 0.03, 0.1)
 BASE = dict(hidden=(256, 256), norm=True, epochs=2, lr=0.03, alpha=0.1, beta=0.5, tdm_every=0.5, ddr_every=0.5,
             ddr_rounds=2)
 CONFIGS = {
@@ -54,7 +61,31 @@ EXTRA = ("SparCL-90 grad regrow", "SparCL-90 ERK", "SparCL-90 global", "SparCL-9
 
 def stream(n_train: int, n_test: int) -> TaskStream:
     (x, y), (xt, yt) = mnist_tensors(train=True), mnist_tensors(train=False)
-    return TaskStream((x[:n_train], y[:n_train]), (xt[:n_test], yt[:n_test]), split_classes(10, 5), batch_size=32)
+    return TaskStream((x[:n_train], y[:n_train]), (xt[:n_test], yt[:n_test]), split_classes(10, 5), batch_size=32,
+                      drop_last=True)
+
+
+def held_out_stream(n_train: int, n_held: int) -> TaskStream:
+    """The first ``n_train - n_held`` training images to train on and the next ``n_held`` (training
+    images too, never trained on) to evaluate: for choosing learning rates without the test set."""
+    x, y = mnist_tensors(train=True)
+    fit = n_train - n_held
+    return TaskStream((x[:fit], y[:fit]), (x[fit:n_train], y[fit:n_train]), split_classes(10, 5), batch_size=32,
+                      drop_last=True)
+
+
+def choose_lrs(configs, base, buffers, grid, n_train, n_held):
+    """``{(buffer, method): lr}`` by held-out class-IL average accuracy (seed 0), and the table rows."""
+    held = held_out_stream(n_train, n_held)
+    chosen, rows = {}, []
+    for buffer in buffers:
+        def evaluate(name, lr):
+            cfg = ExperimentConfig(**{**base, **configs[name], "lr": lr, "buffer_size": buffer, "seed": 0})
+            return run_experiment(held, cfg)["average_accuracy"]
+        lrs, got = select_lr(f"buffer {buffer}", list(configs), lambda name: grid, evaluate)
+        chosen.update({(buffer, name): lr for name, lr in lrs.items()})
+        rows += [[buffer] + row for row in got]
+    return chosen, rows
 
 
 def main():
@@ -66,6 +97,9 @@ def main():
                    help="width of both hidden layers, every method (default %(default)s)")
     p.add_argument("--epochs", type=int, default=BASE["epochs"],
                    help="epochs per task, every method (default %(default)s)")
+    p.add_argument("--select-lr", action=argparse.BooleanOptionalAction, default=None,
+                   help="choose each method's learning rate on held-out training images (default: on; quick: off)")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID), help="the grid (default %(default)s)")
     args = p.parse_args()
     start(args)
     base = {**BASE, "hidden": (args.hidden, args.hidden), "epochs": args.epochs}
@@ -73,13 +107,17 @@ def main():
         (60000, 10000, (200, 500), args.seeds or 3)
     buffers = tuple(args.buffers or buffers)
     configs = {k: v for k, v in CONFIGS.items() if k in set(args.configs) | {"DER++", "SparCL-90"}}
-    data = stream(n_train, n_test)
     began = time.perf_counter()
+    lrs, lr_rows = {(b, name): base["lr"] for b in buffers for name in configs}, []
+    if args.select_lr if args.select_lr is not None else not args.quick:
+        lrs, lr_rows = choose_lrs(configs, base, buffers, args.lrs, n_train, n_train // 6)
+    data = stream(n_train, n_test)
     runs = {}
     for buffer in buffers:
         for seed in range(seeds):
             for name, extra in configs.items():
-                r = run_experiment(data, ExperimentConfig(**{**base, **extra, "buffer_size": buffer, "seed": seed}))
+                cfg = {**base, **extra, "lr": lrs[(buffer, name)], "buffer_size": buffer, "seed": seed}
+                r = run_experiment(data, ExperimentConfig(**cfg))
                 runs.setdefault((buffer, name), []).append(r)
                 progress(f"buffer {buffer} seed {seed} {name}: acc {100 * r['average_accuracy']:.2f}% "
                          f"macs {r['macs']:.3g} ({r['seconds']:.0f}s)")
@@ -88,16 +126,22 @@ def main():
     til_mean, _ = mean_std({k: [100 * r["task_il"] for r in v] for k, v in runs.items()})
     macs, _ = mean_std({k: [r["macs"] for r in v] for k, v in runs.items()})
     examples, _ = mean_std({k: [float(r["examples"]) for r in v] for k, v in runs.items()})
+    if lr_rows:
+        print(f"Learning rate chosen on held-out training images ({n_train - n_train // 6} trained on, "
+              f"{n_train // 6} held out, seed 0): class-IL average accuracy per rate (%)")
+        table(["buffer", "method"] + [f"lr {lr:g}" for lr in args.lrs] + ["chosen"], lr_rows)
+        print()
     rows = []
     for (buffer, name) in runs:
         ratio = macs[(buffer, "DER++")] / macs[(buffer, name)]
-        rows.append([buffer, name, f"{acc_mean[(buffer, name)]:.2f} ± {acc_std[(buffer, name)]:.2f}",
+        rows.append([buffer, name, f"{lrs[(buffer, name)]:g}",
+                     f"{acc_mean[(buffer, name)]:.2f} ± {acc_std[(buffer, name)]:.2f}",
                      f"{fgt_mean[(buffer, name)]:.2f}", f"{til_mean[(buffer, name)]:.2f}",
                      f"{macs[(buffer, name)]:.3g}", f"{examples[(buffer, name)]:.0f}", f"{ratio:.2f}x"])
     print(f"Split-MNIST class-IL, {n_train} train / {n_test} test images, {seeds} seed(s), MLP 784-{args.hidden}-"
           f"{args.hidden}-10, {args.epochs} epochs per task, threads {args.threads}, "
           f"{time.perf_counter() - began:.0f}s")
-    table(["buffer", "method", "avg acc %", "forgetting %", "task-IL %", "train MACs", "examples",
+    table(["buffer", "method", "lr", "avg acc %", "forgetting %", "task-IL %", "train MACs", "examples",
            "MACs vs DER++"], rows)
     print("\nAccuracy matrix (class-IL, %), buffer", buffers[0], "seed 0, SparCL-90:")
     print(runs[(buffers[0], "SparCL-90")][0]["matrix_text"])
@@ -112,6 +156,7 @@ def main():
         for name in configs:
             key = name.lower().replace("++", "pp").replace(" ", "_").replace("-", "")
             values[f"{key}_acc_b{buffer}"] = round(acc_mean[(buffer, name)], 2)
+            values[f"{key}_lr_b{buffer}"] = lrs[(buffer, name)]
             if name != "DER++":
                 values[f"{key}_flops_x_b{buffer}"] = round(macs[(buffer, "DER++")] / macs[(buffer, name)], 2)
     result("sparcl", values)

@@ -37,7 +37,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from _common import parser, progress, result, start, table, target
+from _common import parser, progress, result, select_lr, start, table, target
 from _data import cifar10_split, mnist_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
@@ -71,25 +71,14 @@ def text_run(method: str, seed: int, lr: float, n_train: int, epochs: int, n_dev
     return recipe.main(args)
 
 
-def select_lr(name: str, grid: Dict[str, List[float]], evaluate) -> Tuple[Dict[str, float], List[list]]:
-    """Per method, the grid's learning rate with the best held-out accuracy ``evaluate(method, lr)``."""
-    chosen, rows = {}, []
-    for method in METHODS:
-        scores = {lr: evaluate(method, lr) for lr in grid[kind(method)]}
-        chosen[method] = max(scores, key=lambda lr: (scores[lr], -lr))
-        rows.append([method] + [f"{lr:g}: {100 * a:.2f}" for lr, a in scores.items()] + [f"{chosen[method]:g}"])
-        progress(f"{name} lr for {method}: {chosen[method]:g} ({rows[-1][1:-1]})")
-    return chosen, rows
-
-
 def text_runs(quick: bool, seeds: List[int], select: bool):
     n_train, epochs, n_dev = (256, 1, 200) if quick else (2000, 2, 0)
     lrs = {m: TEXT_LR[kind(m)] for m in METHODS}
     rows: List[list] = []
     if select:
         held = (64, 1, 64) if quick else (1600, 2, 400)
-        lrs, rows = select_lr("text", TEXT_GRID, lambda m, lr: text_run(m, 0, lr, held[0], held[1],
-                                                                        holdout=held[2])["dev_accuracy"])
+        lrs, rows = select_lr("text", METHODS, lambda m: TEXT_GRID[kind(m)],
+                              lambda m, lr: text_run(m, 0, lr, held[0], held[1], holdout=held[2])["dev_accuracy"])
     out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
     for seed in seeds:
         for method in METHODS:
@@ -192,7 +181,7 @@ def vision_runs(quick: bool, seeds: List[int], select: bool):
     rows: List[list] = []
     if select:  # the held-out images are training images never trained on
         held = ((xt[:n_train], yt[:n_train]), (xt[n_train:], yt[n_train:]))
-        lrs, rows = select_lr("vision", VISION_GRID,
+        lrs, rows = select_lr("vision", METHODS, lambda m: VISION_GRID[kind(m)],
                               lambda m, lr: adapt(m, pretrained, held, epochs, 0, lr)["accuracy"])
     out: Dict[str, List[Dict[str, float]]] = {m: [] for m in METHODS}
     for seed in seeds:

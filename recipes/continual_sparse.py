@@ -75,7 +75,7 @@ def main(argv=None) -> Dict[str, Any]:
     quiet()
     torch.set_num_threads(args.threads)
     stream = split_mnist(str(CACHE), source=args.data, train_limit=args.train_limit, test_limit=args.test_limit,
-                         seed=args.seed)
+                         seed=args.seed, drop_last=True)  # a tail batch of a few examples can wreck a plain-SGD run
     common = dict(method="derpp", buffer_size=args.buffer, alpha=args.alpha, beta=args.beta, lr=args.lr,
                   epochs=args.epochs, hidden=(256, 256), norm=True, seed=args.seed)
     runs: List[Dict[str, Any]] = []

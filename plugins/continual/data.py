@@ -51,11 +51,13 @@ def mnist_tensors(root: str, train: bool, source: Optional[str] = None, limit: O
 
 def split_mnist(root: str, source: Optional[str] = None, num_tasks: int = 5, train_limit: Optional[int] = None,
                 test_limit: Optional[int] = None, scenario: str = "class", batch_size: int = 32,
-                seed: int = 0) -> TaskStream:
-    """Split-MNIST: MNIST's 10 digits in ``num_tasks`` tasks of consecutive classes."""
+                seed: int = 0, drop_last: bool = False) -> TaskStream:
+    """Split-MNIST: MNIST's 10 digits in ``num_tasks`` tasks of consecutive classes
+    (``drop_last``: see :class:`~.datamodule.TaskStream`)."""
     train = mnist_tensors(root, True, source, train_limit)
     test = mnist_tensors(root, False, source, test_limit)
-    return TaskStream(train, test, split_classes(10, num_tasks), scenario=scenario, batch_size=batch_size, seed=seed)
+    return TaskStream(train, test, split_classes(10, num_tasks), scenario=scenario, batch_size=batch_size, seed=seed,
+                      drop_last=drop_last)
 
 
 def cifar10_jpeg_tensors(folder: str) -> Tensors:

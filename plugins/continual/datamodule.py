@@ -15,6 +15,7 @@ stream at the task it stopped in.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sparsity_core.validation import check_int
 
-from .sampler import KeptSampler
+from .sampler import FullBatches, KeptSampler
 from .splits import check_tasks
 
 Tensors = Tuple[torch.Tensor, torch.Tensor]
@@ -61,10 +62,12 @@ class TaskStream(pl.LightningDataModule):
         scenario: ``"class"`` (class-incremental, disjoint classes) or ``"task"``.
         batch_size: training batch size; ``eval_batch_size`` for the test sets.
         seed: seed of the training order.
+        drop_last: drop each epoch's last, partial training batch (unless it is the only one;
+            see :class:`~.sampler.FullBatches`); ``False`` (the default) trains on every example.
     """
 
     def __init__(self, train: Tensors, test: Tensors, tasks: Sequence[Sequence[int]], scenario: str = "class",
-                 batch_size: int = 32, eval_batch_size: int = 1000, seed: int = 0) -> None:
+                 batch_size: int = 32, eval_batch_size: int = 1000, seed: int = 0, drop_last: bool = False) -> None:
         super().__init__()
         for what, (x, y) in (("train", train), ("test", test)):
             if x.shape[0] != y.shape[0]:
@@ -74,6 +77,7 @@ class TaskStream(pl.LightningDataModule):
         self.batch_size = check_int(batch_size, "batch_size", 1)
         self.eval_batch_size = check_int(eval_batch_size, "eval_batch_size", 1)
         self.seed = int(seed)
+        self.drop_last = bool(drop_last)
         self.train_x, self.train_y = train
         self.test_x, self.test_y = test
         self.train_index = [self._rows(self.train_y, c) for c in self.tasks]
@@ -109,6 +113,11 @@ class TaskStream(pl.LightningDataModule):
     def train_size(self, task: Optional[int] = None) -> int:
         return int(self.train_index[self.task if task is None else task].numel())
 
+    def batches_per_epoch(self, task: Optional[int] = None) -> int:
+        """Training batches in one epoch over all of a task's examples."""
+        n = self.train_size(task)
+        return max(1, n // self.batch_size) if self.drop_last else math.ceil(n / self.batch_size)
+
     def kept(self) -> Optional[torch.Tensor]:
         return None if self.example_filter is None else self.example_filter(self.task)
 
@@ -117,6 +126,8 @@ class TaskStream(pl.LightningDataModule):
         n = self.train_size()
         sampler = KeptSampler(n, self.kept, seed=self.seed, task=self.task)
         data = TaskExamples(self.train_x, self.train_y, self.train_index[self.task])
+        if self.drop_last:
+            return DataLoader(data, batch_sampler=FullBatches(sampler, self.batch_size), collate_fn=_batch)
         return DataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=_batch)
 
     def test_set(self, task: int) -> Tensors:

@@ -11,7 +11,6 @@ DDR every 5 epochs until epoch 20) and converted to optimizer steps here.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence
@@ -79,8 +78,8 @@ class ExperimentConfig:
 
 
 def _steps(epochs: float, stream: Any) -> int:
-    per_epoch = math.ceil(min(stream.train_size(k) for k in range(stream.num_tasks)) / stream.batch_size)
-    return max(1, int(round(epochs * per_epoch)))
+    smallest = min(range(stream.num_tasks), key=stream.train_size)
+    return max(1, int(round(epochs * stream.batches_per_epoch(smallest))))
 
 
 def build(stream: Any, cfg: ExperimentConfig, input_shape: Sequence[int], net: Optional[nn.Module] = None):

@@ -22,14 +22,16 @@ approximated by *sequential greedy* layer pruning under a *performance-aware ora
    :class:`~.budget.ChannelCost` for channel groups, else the first-order
    :class:`~sparsity_core.cost.LinearCost`) is within ``(1 − s)`` of the dense cost, the
    current group keeps the largest count that meets it and the sweep ends. If a whole sweep
-   ends above the budget, the thresholds of the tasks that capped a group in it are
-   multiplied by ``relax`` (``relax_tasks="capping"``; ``"all"``: every task's) and the sweep
-   restarts from the dense model (PAGCP's rounds), and ``refine`` bisection sweeps between
-   the last two scales (per task, on their logs) find the smallest relaxation that meets the
-   budget; after ``max_rounds`` relaxations a last sweep runs without thresholds (logged), so
-   a budget the floors allow is always met. Relaxing only the capping tasks keeps a task
-   that is near zero loss (where any pruning is a large *relative* increase) from forcing
-   every other task's threshold up with it: the other tasks stay performance-aware.
+   ends above the budget, the threshold scale of each task that capped a group in it grows
+   by ``relax``, or at once to the scale that would have admitted the ratio it refused if
+   that is larger (``relax_tasks="capping"``; ``"all"``: the other tasks' grow by ``relax``
+   too), and the sweep restarts from the dense model (PAGCP's rounds); ``refine`` bisection
+   sweeps between the last two scales (per task, on their logs) find the smallest
+   relaxation that meets the budget. After ``max_rounds`` relaxations, or a sweep that no
+   task capped, a last sweep runs without thresholds (logged), so a budget the floors allow
+   is always met. Relaxing only the capping tasks keeps a task near zero loss (where any
+   pruning is a large *relative* increase) from loosening every other task's threshold
+   with its own: the other tasks stay performance-aware.
 
 Each probe is ``probe() -> {task: loss}`` of the model with its current weights
 (:func:`~.task_probe.task_loss_probe`); the allocator zeroes the pruned units' slices for a
@@ -169,7 +171,9 @@ class PAGCP(Allocator):
             relaxed = set(base) if self.relax_tasks == "all" else set(found[1].values())
             if met or not relaxed or sweeps > self.max_rounds:
                 break  # no capping task: relaxing cannot help (the ratio grid ends above the budget)
-            previous, scales = scales, {t: v * self.relax if t in relaxed else v for t, v in scales.items()}
+            needed = found[3]
+            previous, scales = scales, {t: max(v * self.relax, needed.get(t, 0.0) * (1 + 1e-9)) if t in relaxed
+                                        else v for t, v in scales.items()}
         if not met:
             scales = {task: math.inf for task in base}
             found = sweep(scales)
@@ -188,7 +192,7 @@ class PAGCP(Allocator):
                 else:
                     low = mid
             scales = high
-        keep, capped, losses = found
+        keep, capped, losses, _ = found
         self.last_threshold, self.last_scales, self.last_rounds = max(scales.values(), default=1.0), scales, sweeps
         self.last_capped, self.last_losses = capped, losses
         return keep
@@ -215,10 +219,12 @@ class PAGCP(Allocator):
         return sorted(targets, key=lambda t: -saved[t.name])  # stable: ties keep the given order
 
     def _sweep(self, order: List[Target], scores, scales: Mapping[str, float], base: Dict[str, float], evaluate, cost,
-               limit: float, floors: Mapping[str, int]) -> Tuple[Dict[str, int], Dict[str, str], Dict[str, float]]:
+               limit: float, floors: Mapping[str, int]):
+        """One greedy sweep: ``(keep, {group: capping task}, losses, {task: needed scale})``, the
+        needed scale being the smallest that would have admitted the ratio a task refused."""
         keep = {t.name: t.num_units for t in order}
         masks: Dict[str, torch.Tensor] = {}
-        reference, current, capped = dict(base), dict(base), {}
+        reference, current, capped, needed = dict(base), dict(base), {}, {}
         select = lambda t, k: t.layout.select(scores[t.name], k, t.shape)  # noqa: E731
         unconstrained = all(math.isinf(v) for v in scales.values())
         for i, t in enumerate(order):
@@ -230,19 +236,22 @@ class PAGCP(Allocator):
                 worst = self.oracle.violation(losses, reference, i, scales)
                 if worst is not None:
                     capped[t.name] = worst
+                    unit, ref = self.tau(worst, i, 1.0), reference[worst]
+                    if ref > 0:  # (L / L̂ − 1) / (τ_t·δ^i): the scale at which this ratio passes
+                        needed[worst] = max(needed.get(worst, 0.0), (losses[worst] / ref - 1.0) / unit)
                     break
                 previous, committed, committed_losses = committed, k, losses
                 if cost({**keep, t.name: k}) <= limit:
                     keep[t.name] = self._fit(t, k, previous, keep, cost, limit, floors[t.name])
                     if keep[t.name] != k:
                         committed_losses = self._run(evaluate, {**masks, t.name: select(t, keep[t.name])})
-                    return keep, capped, committed_losses
+                    return keep, capped, committed_losses, needed
             keep[t.name] = committed
             if committed < t.num_units:
                 masks[t.name] = select(t, committed)
             current = committed_losses
             reference = {task: max(reference.get(task, v), v) for task, v in current.items()}
-        return keep, capped, current
+        return keep, capped, current, needed
 
     def _candidates(self, target: Target, floor: int, unconstrained: bool) -> List[int]:
         """Kept counts of the ratio grid (decreasing); the floor too in the sweep without thresholds."""

@@ -63,12 +63,16 @@ def test_thresholds_relax_until_the_budget_is_met():
     alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=0, order="given")
     keep = alloc.allocate(order, scores, budget)
     assert keep == {"2:out": 3, "0:out": 1}
-    assert alloc.last_threshold == 8.0 and alloc.last_rounds == 4  # τ = 0.05·8 = 0.4 ≥ 0.25 > 0.05·4
+    # the refused ratio needs scale 0.25 / 0.05 = 5 > 2: the second sweep jumps there
+    assert alloc.last_threshold == pytest.approx(5.0) and alloc.last_rounds == 2
     assert alloc.last_capped == {"2:out": "seg"}  # the second unit of b would cost 'seg' 50 %
-    alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=3, order="given")
+    alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=8.0, refine=0, order="given")
     assert alloc.allocate(order, scores, budget) == {"2:out": 3, "0:out": 1}
-    # bisection on log τ between 4 and 8: 5.66 meets, 4.76 misses, 5.19 meets (τ = 0.26 ≥ 0.25)
-    assert alloc.last_threshold == pytest.approx(4 * 2 ** (3 / 8)) and alloc.last_rounds == 7
+    assert alloc.last_threshold == 8.0 and alloc.last_rounds == 2  # ×8 is more than the jump
+    alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=8.0, refine=3, order="given")
+    assert alloc.allocate(order, scores, budget) == {"2:out": 3, "0:out": 1}
+    # bisection on log2 τ-scale between 0 and 3: 1.5 misses, 2.25 misses (τ 0.24), 2.625 meets (τ 0.31)
+    assert alloc.last_threshold == pytest.approx(2 ** 2.625) and alloc.last_rounds == 5
 
 
 def test_without_thresholds_the_last_sweep_meets_any_feasible_budget():
@@ -82,11 +86,11 @@ def test_only_the_capping_tasks_thresholds_relax():
     model, order, scores, budget = setup(4)  # as above: only 'seg' caps a group
     alloc = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=0, order="given")
     alloc.allocate(order, scores, budget)
-    assert alloc.last_scales == {"cls": 1.0, "seg": 8.0}  # 'cls' keeps τ = 0.05 (its loss moves 1 %)
+    assert alloc.last_scales == pytest.approx({"cls": 1.0, "seg": 5.0})  # 'cls' keeps τ = 0.05 (its loss moves 1 %)
     everyone = PAGCP(probe=constructed_probe(model), threshold=0.05, relax=2.0, refine=0, order="given",
                      relax_tasks="all")
     assert everyone.allocate(order, scores, budget) == {"2:out": 3, "0:out": 1}
-    assert everyone.last_scales == {"cls": 8.0, "seg": 8.0} and everyone.last_rounds == 4
+    assert everyone.last_scales == pytest.approx({"cls": 2.0, "seg": 5.0}) and everyone.last_rounds == 2
 
 
 def test_a_sweep_no_task_capped_goes_straight_to_the_sweep_without_thresholds(caplog):
