@@ -167,18 +167,17 @@ class PAGCP(Allocator):
         while True:
             found = sweep(scales)
             sweeps += 1
-            met = meets(found)
-            relaxed = set(base) if self.relax_tasks == "all" else set(found[1].values())
-            if met or not relaxed or sweeps > self.max_rounds:
-                break  # no capping task: relaxing cannot help (the ratio grid ends above the budget)
-            needed = found[3]
+            met, capping, needed = meets(found), set(found[1].values()), found[3]
+            if met or not capping or sweeps > self.max_rounds:  # no capping task: relaxing cannot help
+                break
+            relaxed = set(base) if self.relax_tasks == "all" else capping
             previous, scales = scales, {t: max(v * self.relax, needed.get(t, 0.0) * (1 + 1e-9)) if t in relaxed
                                         else v for t, v in scales.items()}
         if not met:
             scales = {task: math.inf for task in base}
             found = sweep(scales)
             sweeps += 1
-            why = "no task capped a group" if not relaxed else f"{self.max_rounds} relaxations"
+            why = "no task capped a group" if not capping else f"{self.max_rounds} relaxations"
             log_rank_zero(log, logging.WARNING, "PAGCP: no sweep met the budget (%s); the last one ran without "
                           "thresholds", why)
         elif sweeps > 1:  # the smallest scales that meet the budget, between the last two tried

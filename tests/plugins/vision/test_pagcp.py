@@ -100,6 +100,8 @@ def test_a_sweep_no_task_capped_goes_straight_to_the_sweep_without_thresholds(ca
         assert alloc.allocate(order, scores, budget) == {"2:out": 1, "0:out": 1}  # the floors
     assert alloc.last_rounds == 2 and alloc.last_threshold == float("inf")
     assert "no task capped a group" in caplog.text
+    everyone = PAGCP(probe=constructed_probe(model), threshold=100.0, ratios=(0.25,), order="given", relax_tasks="all")
+    assert everyone.allocate(order, scores, budget) == {"2:out": 1, "0:out": 1} and everyone.last_rounds == 2
 
 
 def test_per_task_thresholds_and_the_macs_order():
