@@ -5,8 +5,9 @@ Split-MNIST (../shared/data): 5 class-incremental tasks of 2 digits, evaluated o
 seen task after each task (class-IL average accuracy and forgetting; task-IL average
 accuracy beside). One MLP (784-256-256-10, LayerNorm after each hidden layer, random init;
 ``--hidden`` sets both widths) for every method; SGD without momentum, batch 32 (each epoch's
-last, partial batch dropped: a tail of a few examples once wrecked a dense run), 2 epochs per task (``--epochs``), reservoir buffer of 200 or 500, DER++ α = 0.1, β = 0.5
-(SparCL's released setting). Learning rate: chosen per method and buffer from 0.01 / 0.03 / 0.1
+last, partial batch dropped: a tail of a few examples once wrecked a dense run), 2 epochs per
+task (``--epochs``), reservoir buffer of 200 or 500, DER++ α = 0.1, β = 0.5 (SparCL's
+released setting). Learning rate: chosen per method and buffer from 0.01 / 0.03 / 0.1
 (``--lrs``) by class-IL average accuracy on held-out *training* images (the first 50,000
 trained on, the next 10,000 evaluated, seed 0; the test set is never looked at), then used
 for every seed on the full training set (``--no-select-lr``: 0.03 for all; quick: off).
