@@ -2,9 +2,7 @@
 torchvision's loaders."""
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
 from typing import Tuple
 
 import torch
@@ -17,23 +15,13 @@ WORK = os.path.join(ROOT, "bench", "out", "data")
 def mnist_tensors(train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """MNIST as normalized float images [N,1,28,28] and labels, via torchvision ``MNIST``.
 
-    torchvision reads the uncompressed idx files, so the shared ``.gz`` files are
-    gunzipped once into ``bench/out/data/MNIST/raw``.
+    torchvision reads the uncompressed idx files, so the shared ``.gz`` files are gunzipped
+    once into ``bench/out/data/MNIST/raw`` (atomically: benchmarks started side by side on a
+    fresh checkout once read each other's half-written files).
     """
-    from torchvision.datasets import MNIST
+    from sparsity_plugins.continual.data import mnist_tensors as read_mnist
 
-    raw = os.path.join(WORK, "MNIST", "raw")
-    src = os.path.join(SHARED, "mnist", "MNIST", "raw")
-    if not os.path.isdir(src):
-        raise FileNotFoundError(f"MNIST not found at {src} (set SPARSITY_SHARED_DATA to the shared data folder)")
-    os.makedirs(raw, exist_ok=True)
-    for name in os.listdir(src):
-        if name.endswith(".gz") and not os.path.exists(os.path.join(raw, name[:-3])):
-            with gzip.open(os.path.join(src, name)) as fin, open(os.path.join(raw, name[:-3]), "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-    ds = MNIST(WORK, train=train, download=False)
-    x = ds.data.unsqueeze(1).float().div(255.0)
-    return (x - 0.1307) / 0.3081, ds.targets.clone()
+    return read_mnist(WORK, train, source=os.path.join(SHARED, "mnist"))
 
 
 def mnist_split(n_train: int):
@@ -68,7 +56,8 @@ def cifar10_split(n_train: int, n_test: int, seed: int = 0):
             norm = T.Compose([T.ToTensor(), T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
             ds = ImageFolder(os.path.join(dest, split), norm)
             x = torch.stack([ds[i][0] for i in range(len(ds))])
-            torch.save((x, torch.tensor(ds.targets)), cached)
+            torch.save((x, torch.tensor(ds.targets)), cached + ".part")
+            os.replace(cached + ".part", cached)  # a side-by-side run never reads half a file
         x, y = torch.load(cached, weights_only=True)
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
         out.append((x[idx], y[idx]))
