@@ -12,13 +12,15 @@ from sparsity_core import SparsityController
 from sparsity_core.lr_schedules import UBA
 
 
-def cnn() -> nn.Module:
-    """conv(1→16, 5) → BN → ReLU → pool → conv(16→32, 5) → BN → ReLU → pool → fc(512→128) → ReLU
-    → fc(128→10) (the classifier, left dense by target discovery)."""
+def cnn(in_channels: int = 1, size: int = 28) -> nn.Module:
+    """conv(in→16, 5) → BN → ReLU → pool → conv(16→32, 5) → BN → ReLU → pool → fc(32·k²→128) →
+    ReLU → fc(128→10) (the classifier, left dense by target discovery); k = ((size − 4)/2 − 4)/2:
+    fc 512→128 on MNIST's 1×28×28, 800→128 on CIFAR-10's 3×32×32."""
+    k = ((size - 4) // 2 - 4) // 2
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 10))
+        nn.Flatten(), nn.Linear(32 * k * k, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator):
