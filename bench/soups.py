@@ -23,7 +23,7 @@ Target (issue 18): SMS >= IMP in test accuracy at 80% and at 90% (the paper's cl
 ``--data cifar10``: the same CNN on CIFAR-10 (JPEG, ../shared/data; 3×32×32 inputs, fc 800→128),
 a seeded random 20,000 training images, 2,000 more held out for the greedy soup and 10,000 test
 images; dense 10 epochs, each retrain 2 epochs, 3 seeds. MNIST saturates near 98.8% with
-this CNN, so a soup's gain over one retrain cannot show there; CIFAR-10 (about 65% dense) leaves
+this CNN, so a soup's gain over one retrain cannot show there; CIFAR-10 (67% dense here) leaves
 room, as in the paper's CIFAR experiments. Quick: 6,000 / 1,000 / 2,000, one seed.
 """
 from __future__ import annotations
