@@ -40,6 +40,11 @@ from sparsity_core.soups import SparseModelSoups, uniform_soup
 from sparsity_core.soups.batchnorm import recalibrate_batchnorm
 
 LEVELS = (0.8, 0.9)
+# (training images, test images, dense epochs, epochs per retrain, phases, ingredients, seeds)
+SIZES = {("mnist", True): (6000, 5000, 3, 1, 2, 3, 1), ("mnist", False): (20000, 10000, 3, 1, 3, 5, 2),
+         ("cifar10", True): (6000, 1000, 3, 1, 2, 3, 1), ("cifar10", False): (20000, 10000, 10, 2, 3, 5, 3)}
+VAL = 2000  # held-out training images for the greedy soup, never trained on
+EXTRAS = ("sparsity", "uniform", "best_ingredient")  # per-run context, averaged over seeds
 DENSE_LR, RETRAIN_LR = 0.05, 0.01  # retrains fine-tune from the pruned model at a fifth of the dense peak rate
 CONFIGS = [{"seed": 0, "weight_decay": 5e-4, "phi": 1.0}, {"seed": 1, "weight_decay": 1e-4, "phi": 0.5},
            {"seed": 2, "weight_decay": 1e-3, "phi": 2.0}, {"seed": 3, "weight_decay": 5e-4, "phi": 0.5},
@@ -72,12 +77,6 @@ def run(dense, level, configs, soup, phases, data, val, test, steps, calibration
 def _test_of(model, state, test):
     model.load_state_dict(state)
     return accuracy(model, *test)
-
-
-# (training images, test images, dense epochs, epochs per retrain, phases, ingredients, seeds)
-SIZES = {("mnist", True): (6000, 5000, 3, 1, 2, 3, 1), ("mnist", False): (20000, 10000, 3, 1, 3, 5, 2),
-         ("cifar10", True): (6000, 1000, 3, 1, 2, 3, 1), ("cifar10", False): (20000, 10000, 10, 2, 3, 5, 3)}
-VAL = 2000  # held-out training images for the greedy soup, never trained on
 
 
 def splits(data: str, n_train: int, n_test: int):
@@ -115,12 +114,12 @@ def main():
                 a, extras = run(dense, level, cfgs, soup, phases, data, val, test, steps, calibration, seed)
                 acc.setdefault((method, level), []).append(a)
                 seconds.setdefault((method, level), []).append(time.perf_counter() - t0)
-                for key in ("sparsity", "uniform", "best_ingredient"):
+                for key in EXTRAS:
                     notes.setdefault((method, level, key), []).append(extras.get(key, float("nan")))
                 progress(f"seed {seed} {method} {level:.0%}: {a:.2f}% {extras}")
     mean, std = mean_std(acc)
     tmean, _ = mean_std(seconds)
-    nmean, _ = mean_std(notes)  # extras averaged over seeds
+    extra, _ = mean_std(notes)
     print(f"\n{args.data} CNN, {n_train} training images, dense {dense_epochs} epochs, {phases} phases x {steps}-step "
           f"retrains, SMS with {m} ingredients, {seeds} seed(s), {args.threads} thread(s), "
           f"{time.perf_counter() - began:.0f} s; test accuracy on {n_test} images\n")
@@ -128,10 +127,8 @@ def main():
     for level in LEVELS:
         for method in ("IMP", "SMS (greedy)"):
             k = (method, level)
-            n = {key: nmean[(method, level, key)] for key in ("sparsity", "uniform", "best_ingredient")}
-            rows.append([method, f"{level:.0%}", f"{mean[k]:.2f} ± {std[k]:.2f}", f"{n['sparsity']:.4f}",
-                         f"{n['uniform']:.2f}", f"{n['best_ingredient']:.2f}",
-                         f"{tmean[k]:.1f}"])
+            rows.append([method, f"{level:.0%}", f"{mean[k]:.2f} ± {std[k]:.2f}", f"{extra[k + ('sparsity',)]:.4f}",
+                         f"{extra[k + ('uniform',)]:.2f}", f"{extra[k + ('best_ingredient',)]:.2f}", f"{tmean[k]:.1f}"])
     table(["method", "sparsity", "test acc %", "measured sparsity", "last-phase uniform soup %",
            "best last-phase ingredient %", "time s"], rows)
     print()
